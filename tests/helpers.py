@@ -1,0 +1,47 @@
+"""Test helpers: real torchvision models with fixed seeds (no downloads)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from examples.seed_dropout import DropoutHook  # noqa: E402  (the seed article's hook)
+
+__all__ = ["build", "DropoutHook", "state_equal", "hook_table", "ROOT"]
+
+_PRISTINE: dict[tuple, nn.Module] = {}
+
+
+def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """A torchvision model with ``weights=None`` built under ``torch.manual_seed(seed)``,
+    in eval mode. Built once per process and deep-copied after that."""
+    key = (name, seed, tuple(sorted(kwargs.items())))
+    if key not in _PRISTINE:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        _PRISTINE[key] = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+        torch.random.set_rng_state(state)
+    return copy.deepcopy(_PRISTINE[key])
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    """Same keys in the same order and bit-identical tensors."""
+    return list(a) == list(b) and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+def hook_table(model: nn.Module) -> list[tuple]:
+    """Every hook as (path, kind, hook_id, id(hook), with_kwargs, always_call), in order."""
+    import hookwrap as hw
+
+    return [(h.path, h.kind, h.hook_id, id(h.hook), h.with_kwargs, h.always_call) for h in hw.inventory(model)]
