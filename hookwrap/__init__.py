@@ -20,6 +20,7 @@ _EXPORTS = {
     "HookInfo": "inventory",
     "attach": "hooks",
     "HookHandle": "hooks",
+    "convert": "convert",
     "strip": "strip",
     "stripped": "strip",
     "conversion_report": "report",
@@ -67,6 +68,7 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import errors, hooks, registry, wrappers
+    from .convert import convert
     from .errors import (
         ExportError,
         HookwrapError,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -44,7 +44,7 @@ __all__ = [
     "select_modules",
 ]
 
-Where = Union[type, tuple, Callable[[str, nn.Module], bool], Sequence[str]]
+Where = type | tuple | Callable[[str, nn.Module], bool] | Sequence[str]
 
 
 class Hook:

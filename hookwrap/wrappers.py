@@ -15,6 +15,7 @@ names wrappers only by ``kind``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -112,7 +113,13 @@ class Wrapper(nn.Module):
         return (self(args[0]), *args[1:]), kwargs
 
     def hookwrap_post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if isinstance(output, Tensor):  # the common case, kept short: it runs on every call
+            return self(output)
         return map_primary(output, self)
+
+
+def _builtin(cls: type[Wrapper]) -> type[Wrapper]:
+    return register_wrapper(cls, builtin=True)
 
 
 def _check_p(p: Any) -> float:
@@ -127,12 +134,13 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _check_number(name: str, value: Any, *, optional: bool = False) -> float | None:
+def _check_number(name: str, value: Any, *, optional: bool = False) -> Any:
+    """A finite int or float, kept as given (``x * 2`` and ``x * 2.0`` differ for int tensors)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    return value
 
 
 class _DropoutMixin:
@@ -179,7 +187,7 @@ FeatureAlphaDropout = _dropout_type(
 )
 
 
-@register_wrapper
+@_builtin
 class Scale(Wrapper):
     """Multiply by a constant, or divide by one: ``x * factor`` or ``x / divisor``.
 
@@ -207,7 +215,7 @@ class Scale(Wrapper):
         return f"factor={self.factor}" if self.divisor is None else f"divisor={self.divisor}"
 
 
-@register_wrapper
+@_builtin
 class Shift(Wrapper):
     """Add a constant: ``x + offset``."""
 
@@ -227,7 +235,7 @@ class Shift(Wrapper):
         return f"offset={self.offset}"
 
 
-@register_wrapper
+@_builtin
 class Clamp(Wrapper):
     """``torch.clamp(x, min, max)``; either bound may be ``None``, not both."""
 
@@ -275,7 +283,7 @@ def _activation_config(module: nn.Module) -> tuple[str, dict[str, Any]]:
     return name, {attr: getattr(module, attr) for attr in ACTIVATIONS[name]}
 
 
-@register_wrapper
+@_builtin
 class Activation(Wrapper):
     """Apply a torch.nn activation module, for example ``Activation(nn.GELU())``."""
 
@@ -287,6 +295,9 @@ class Activation(Wrapper):
         self.module = getattr(nn, name)(**kwargs)
 
     def _run(self, x: Tensor, training: bool) -> Tensor:
+        return self.module.forward(x)
+
+    def forward(self, x: Tensor) -> Tensor:
         return self.module.forward(x)
 
     def config(self) -> dict[str, Any]:
@@ -301,15 +312,21 @@ class Activation(Wrapper):
         if name not in ACTIVATIONS or not isinstance(kwargs, dict) or set(kwargs) - set(ACTIVATIONS[name]):
             raise InvalidArgumentError(f"Activation config names an unknown activation or argument: {config!r}")
         for key, value in kwargs.items():
-            if not isinstance(value, (int, float, str)) or isinstance(value, bool):
-                raise InvalidArgumentError(f"Activation argument {key}={value!r} is not a number or string")
+            if key == "approximate":
+                ok = value in ("none", "tanh")
+            elif key == "dim":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok:
+                raise InvalidArgumentError(f"Activation {name} cannot be built: bad argument {key}={value!r}")
         try:
             return cls(getattr(nn, name)(**kwargs))
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"Activation {name}({kwargs}) cannot be built: {exc}") from None
 
 
-@register_wrapper
+@_builtin
 class GaussianNoise(Wrapper):
     """Add ``N(0, std^2)`` noise: ``x + torch.randn_like(x) * std``, in training or ``always``."""
 
@@ -336,7 +353,7 @@ class GaussianNoise(Wrapper):
         return f"std={self.std}, always={self.always}"
 
 
-@register_wrapper
+@_builtin
 class Chain(Wrapper):
     """Several tensor-to-tensor wrappers applied in order (one hook that did several things)."""
 
@@ -387,3 +404,321 @@ def build_wrapper(spec: Any) -> Wrapper:
         )
     return cls.from_config(spec.get("config", {}))
 
+
+
+# --------------------------------------------------------------------------------------
+# Captured hooks: a hook body captured with torch.export, stored as an aten graph.
+# --------------------------------------------------------------------------------------
+
+_TENSOR_DTYPES = {
+    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+    "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
+    "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+}
+_SCALAR_LEAF = (type(None), bool, int, float, str)
+
+
+def _check_template(template: Any, what: str) -> list:
+    if not isinstance(template, list) or not all(
+        (isinstance(v, dict) and v == {"tensor": True}) or isinstance(v, _SCALAR_LEAF) for v in template
+    ):
+        raise InvalidArgumentError(f"CapturedHook {what} must be a list of scalars or {{'tensor': true}}")
+    return template
+
+
+@_builtin
+class CapturedHook(Wrapper):
+    """A hook whose body was captured with ``torch.export`` as an aten graph.
+
+    The graph takes the hook's tensor inputs (the flattened ``(args, output)``,
+    ``(args, kwargs, output)``, ``(args,)`` or ``(args, kwargs)`` of the hooked call),
+    then any tensors of the host module the hook read (``host_tensors``, by name), then
+    its own constants, which are buffers of this module (``c0``, ``c1``, ...: they appear
+    in ``state_dict`` under ``<host>.hookwrap_post.<i>.c<j>``). Non-tensor inputs are
+    fixed at the values seen during capture.
+
+    It pickles, deep-copies and saves as JSON plus tensors; no Python function of the
+    original hook is kept.
+    """
+
+    kind = "CapturedHook"
+
+    def __init__(
+        self,
+        *,
+        graph: dict[str, Any],
+        position: str,
+        with_kwargs: bool,
+        in_spec: str,
+        in_template: list,
+        out_spec: str,
+        out_template: list,
+        host_tensors: Sequence[str] = (),
+        constants: dict[str, dict[str, Any]] | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        from torch.utils import _pytree
+
+        from ._graph import GraphFormatError, decode
+
+        if position not in ("pre", "post"):
+            raise InvalidArgumentError(f"CapturedHook position must be 'pre' or 'post', got {position!r}")
+        self.position = position
+        self.with_kwargs = _check_bool("with_kwargs", with_kwargs)
+        self.name = str(name)
+        self.in_template = _check_template(in_template, "in_template")
+        self.out_template = _check_template(out_template, "out_template")
+        if not isinstance(host_tensors, (list, tuple)) or not all(
+            isinstance(h, str) and h and all(p.isidentifier() for p in h.split(".")) for h in host_tensors
+        ):
+            raise InvalidArgumentError("CapturedHook host_tensors must be a list of attribute paths")
+        self.host_tensors = list(host_tensors)
+        try:
+            self._in_spec = _pytree.treespec_loads(in_spec)
+            self._out_spec = _pytree.treespec_loads(out_spec)
+        except Exception as exc:
+            raise InvalidArgumentError(f"CapturedHook pytree spec is malformed: {exc}") from None
+        if self._in_spec.num_leaves != len(self.in_template) or self._out_spec.num_leaves != len(self.out_template):
+            raise InvalidArgumentError("CapturedHook pytree specs do not match their templates")
+        self._in_spec_str, self._out_spec_str = in_spec, out_spec
+        constants = constants or {}
+        if not isinstance(constants, dict):
+            raise InvalidArgumentError("CapturedHook constants must be an object")
+        for i in range(len(constants)):
+            meta = constants.get(f"c{i}")
+            if not isinstance(meta, dict) or meta.get("dtype") not in _TENSOR_DTYPES or not isinstance(
+                meta.get("shape"), list
+            ) or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in meta["shape"]):
+                raise InvalidArgumentError(f"CapturedHook constant c{i} needs a dtype and a shape")
+            if math.prod(meta["shape"]) > 2**31:
+                raise InvalidArgumentError(f"CapturedHook constant c{i} is implausibly large")
+            self.register_buffer(f"c{i}", torch.zeros(meta["shape"], dtype=_TENSOR_DTYPES[meta["dtype"]]))
+        self._n_consts = len(constants)
+        try:
+            # a plain attribute, not a child module: it holds no state of its own
+            object.__setattr__(self, "_gm", decode(graph))
+        except GraphFormatError as exc:
+            raise InvalidArgumentError(f"CapturedHook graph refused: {exc}") from None
+        n_tensor_in = sum(1 for v in self.in_template if isinstance(v, dict))
+        expected = n_tensor_in + len(self.host_tensors) + self._n_consts
+        if graph["inputs"] != expected:
+            raise InvalidArgumentError(
+                f"CapturedHook graph takes {graph['inputs']} inputs but its templates give {expected}"
+            )
+        n_tensor_out = sum(1 for v in self.out_template if isinstance(v, dict))
+        if len(graph["outputs"]) != n_tensor_out:
+            raise InvalidArgumentError("CapturedHook graph outputs do not match out_template")
+        self._graph_json = graph
+        self._tensor_in_idx = [i for i, v in enumerate(self.in_template) if isinstance(v, dict)]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "graph": self._graph_json, "position": self.position, "with_kwargs": self.with_kwargs,
+            "in_spec": self._in_spec_str, "in_template": self.in_template,
+            "out_spec": self._out_spec_str, "out_template": self.out_template,
+            "host_tensors": self.host_tensors,
+            "constants": {
+                f"c{i}": {"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)}
+                for i, b in enumerate(self._constants())
+            },
+            "name": self.name,
+        }
+
+    def _constants(self) -> list[Tensor]:
+        return [getattr(self, f"c{i}") for i in range(self._n_consts)]
+
+    def extra_repr(self) -> str:
+        ops = len(self._graph_json["nodes"])
+        return f"{self.name or 'hook'}, {self.position}, {ops} op(s)"
+
+    def forward(self, *tensors: Tensor) -> Any:  # type: ignore[override]
+        return self._gm(*tensors, *self._constants())
+
+    def _call(self, host: nn.Module, tree: Any) -> Any:
+        from torch.utils import _pytree
+
+        leaves, spec = _pytree.tree_flatten(tree)
+        if spec != self._in_spec:
+            raise HookwrapError(
+                f"captured hook {self.name!r} was captured for inputs shaped like {self._in_spec} "
+                f"but is called with {spec}; convert again with example inputs like this call"
+            )
+        inputs = [leaves[i] for i in self._tensor_in_idx]
+        host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
+        outs = iter(self(*inputs, *host_inputs))
+        result = [next(outs) if isinstance(v, dict) else v for v in self.out_template]
+        return _pytree.tree_unflatten(result, self._out_spec)
+
+    def hookwrap_pre(self, host: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self.with_kwargs:
+            new_args, new_kwargs = self._call(host, (args, kwargs))
+            return tuple(new_args), dict(new_kwargs)
+        return tuple(self._call(host, (args,))), kwargs
+
+    def hookwrap_post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        tree = (args, kwargs, output) if self.with_kwargs else (args, output)
+        return self._call(host, tree)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state = {k: v for k, v in state.items() if k not in ("_gm", "_in_spec", "_out_spec")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from torch.utils import _pytree
+
+        from ._graph import decode
+
+        super().__setstate__(state)
+        object.__setattr__(self, "_gm", decode(self._graph_json))
+        self._in_spec = _pytree.treespec_loads(self._in_spec_str)
+        self._out_spec = _pytree.treespec_loads(self._out_spec_str)
+
+
+def _host_tensor(host: nn.Module, name: str) -> Tensor:
+    owner_path, _, attr = name.rpartition(".")
+    owner = host.get_submodule(owner_path) if owner_path else host
+    value = getattr(owner, attr)
+    if not isinstance(value, Tensor):
+        raise HookwrapError(f"captured hook reads {name!r} of {type(host).__name__}, which is not a tensor")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Hosts: the hooked module, its class swapped for one that runs the wrappers.
+# --------------------------------------------------------------------------------------
+
+PRE, POST = "hookwrap_pre", "hookwrap_post"
+_HOST_KEYS = frozenset({PRE, POST})
+_HOST_CLASSES: dict[type, type] = {}
+
+
+def _visible(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(k, v) for k, v in module._modules.items() if k not in _HOST_KEYS]
+
+
+# Containers iterate their children in forward; they must not see the wrapper lists.
+def _seq_iter(self: Any) -> Any:
+    return iter(v for _, v in _visible(self))
+
+
+def _seq_len(self: Any) -> int:
+    return len(_visible(self))
+
+
+def _seq_getitem(self: Any, idx: Any) -> Any:
+    if isinstance(idx, slice):
+        base = self._hookwrap_base
+        items = _visible(self)[idx]
+        if issubclass(base, nn.Sequential):
+            from collections import OrderedDict
+
+            return base(OrderedDict(items))
+        return base([v for _, v in items])
+    return self._hookwrap_base.__getitem__(self, idx)
+
+
+def _dict_keys(self: Any) -> Any:
+    return [k for k, _ in _visible(self)]
+
+
+def _dict_items(self: Any) -> Any:
+    return _visible(self)
+
+
+def _dict_values(self: Any) -> Any:
+    return [v for _, v in _visible(self)]
+
+
+def _dict_iter(self: Any) -> Any:
+    return iter(_dict_keys(self))
+
+
+def _rebuild_host(base: type) -> nn.Module:
+    cls = host_class(base)
+    return cls.__new__(cls)
+
+
+def host_class(base: type) -> type:
+    """The class a hooked module of type ``base`` becomes: a subclass of ``base`` whose
+    ``forward`` runs ``hookwrap_pre`` wrappers, then ``base.forward``, then
+    ``hookwrap_post`` wrappers. It keeps ``forward``'s signature and pickles by
+    reference to ``base``."""
+    if getattr(base, "_hookwrap_base", None) is base:  # pragma: no cover - defensive
+        return base
+    if "_hookwrap_base" in base.__dict__:
+        return base
+    cached = _HOST_CLASSES.get(base)
+    if cached is not None:
+        return cached
+    base_forward = base.forward
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        pre = self._modules.get(PRE)
+        if pre is not None:
+            for wrapper in pre:
+                args, kwargs = wrapper.hookwrap_pre(self, args, kwargs)
+        out = base_forward(self, *args, **kwargs)
+        post = self._modules.get(POST)
+        if post is not None:
+            for wrapper in post:
+                out = wrapper.hookwrap_post(self, args, kwargs, out)
+        return out
+
+    try:
+        forward.__signature__ = inspect.signature(base_forward)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        pass
+    forward.__doc__ = base_forward.__doc__
+
+    def __reduce_ex__(self: nn.Module, protocol: Any) -> Any:
+        return (_rebuild_host, (base,), self.__getstate__())
+
+    namespace: dict[str, Any] = {
+        "forward": forward,
+        "__reduce_ex__": __reduce_ex__,
+        "_hookwrap_base": base,
+        "__module__": __name__,
+        "__doc__": f"{base.__qualname__} with hookwrap wrappers (see hookwrap.wrappers).",
+    }
+    if issubclass(base, (nn.Sequential, nn.ModuleList)):
+        namespace.update(__iter__=_seq_iter, __len__=_seq_len, __getitem__=_seq_getitem)
+    if issubclass(base, nn.ModuleDict):
+        namespace.update(__iter__=_dict_iter, __len__=_seq_len, keys=_dict_keys, items=_dict_items,
+                         values=_dict_values)
+    cls = type(f"Hookwrapped{base.__name__}", (base,), namespace)
+    cls.__qualname__ = cls.__name__
+    _HOST_CLASSES[base] = cls
+    return cls
+
+
+def is_host(module: nn.Module) -> bool:
+    """True if ``module`` carries hookwrap wrappers."""
+    return "_hookwrap_base" in type(module).__dict__
+
+
+def host_wrappers(module: nn.Module) -> tuple[list[Wrapper], list[Wrapper]]:
+    """``(pre, post)`` wrappers of a host module, in the order they run."""
+    pre = module._modules.get(PRE)
+    post = module._modules.get(POST)
+    return list(pre) if pre is not None else [], list(post) if post is not None else []  # type: ignore[arg-type]
+
+
+def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapper] = ()) -> None:
+    """Make ``module`` run ``pre`` before and ``post`` after its forward.
+
+    New pre wrappers run before any it already has (they stand for hooks registered
+    later, which PyTorch runs outside the earlier ones); new post wrappers run after.
+    """
+    if not pre and not post:
+        return
+    base = type(module)._hookwrap_base if is_host(module) else type(module)
+    old_pre, old_post = host_wrappers(module)
+    module.__class__ = host_class(base)
+    if pre:
+        module._modules.pop(PRE, None)
+        module.add_module(PRE, nn.ModuleList([*pre, *old_pre]))
+    if post:
+        module._modules.pop(POST, None)
+        module.add_module(POST, nn.ModuleList([*old_post, *post]))

@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts: interleaved timing and JSON output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for extra in (ROOT, ROOT / "tests"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_ratio(candidate: Callable[[], Any], baseline: Callable[[], Any], *, rounds: int = 15,
+                      inner: int = 5, warmup: int = 2) -> dict[str, float]:
+    """Median over rounds of (candidate time / baseline time), A and B alternating so that
+    machine noise hits both alike. Each round times ``inner`` calls of each."""
+    for _ in range(warmup):
+        candidate()
+        baseline()
+    ratios, a_times, b_times = [], [], []
+    for r in range(rounds):
+        order = [(candidate, a_times), (baseline, b_times)]
+        if r % 2:
+            order.reverse()
+        got = {}
+        for fn, sink in order:
+            t = timed(lambda: [fn() for _ in range(inner)]) / inner
+            sink.append(t)
+            got[id(sink)] = t
+        ratios.append(got[id(a_times)] / got[id(b_times)])
+    return {
+        "ratio": statistics.median(ratios),
+        "candidate_s": statistics.median(a_times),
+        "baseline_s": statistics.median(b_times),
+    }
+
+
+def figure(name: str, value: float, limit: float | None, *, better: str = "lower", **extra: Any) -> dict[str, Any]:
+    passed = None if limit is None else (value <= limit if better == "lower" else value >= limit)
+    return {"name": name, "value": round(value, 4), "limit": limit, "pass": passed, **extra}
+
+
+def emit(benchmark: str, figures: list[dict[str, Any]]) -> None:
+    print(json.dumps({"benchmark": benchmark, "figures": figures}, indent=2))

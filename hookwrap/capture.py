@@ -1,0 +1,855 @@
+"""Capture: turn a user's forward hook (function, bound method, lambda, closure or
+callable object) into a wrapper module.
+
+The steps, for each hooked call site:
+
+1. **Record.** :func:`record` runs ``example_inputs`` through the model once (eval mode,
+   ``no_grad``, the caller's RNG state restored afterwards) with every hook to capture
+   replaced by a recording proxy. For each call it keeps a copy of the hook's inputs,
+   whether the hook returned ``None``, which inputs it modified in place, and whether
+   it changed Python state it can reach (lists and objects in its closure, globals it
+   names, its ``self``, the host module's attributes and tensors).
+2. **Classify.** A hook that returned ``None`` and changed nothing is an *observer*:
+   it is stripped. A hook that changed Python state *and* the tensors cannot be
+   represented by a module: it is a blocker.
+3. **Recognise.** The hook is re-run on the recorded tensors under a
+   ``TorchFunctionMode`` in train and in eval mode. If its body is a chain of known
+   operations on the primary tensor (the dropout family, activations, scalar scale and
+   shift, clamp, ``x + randn_like(x) * std``), it becomes the matching plain module,
+   with ``always=True`` when a dropout's ``training`` argument is ``True`` in eval mode
+   too (the seed's ``F.dropout2d(out, p, True, False)``).
+4. **Capture.** Otherwise the body is exported with ``torch.export`` (non-strict, batch
+   dimension dynamic) into a :class:`~hookwrap.wrappers.CapturedHook`.
+5. **Validate.** The wrapper is run against the hook on every recorded call, under the
+   same RNG seed, in eval and train mode (and, for captured graphs, at another batch
+   size). Any difference is a blocker: hookwrap never guesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree
+
+from . import wrappers as W
+from .inventory import HookInfo
+
+__all__ = ["Site", "Call", "Outcome", "record", "convert_site"]
+
+MAX_RECORDED_CALLS = 2
+_SEED = 20240611
+
+
+@dataclass
+class Site:
+    """One hook at one module: what to convert."""
+
+    info: HookInfo
+    path: str
+    host: nn.Module
+    position: str  # "pre" or "post"
+    with_kwargs: bool
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.path, self.info.kind, self.info.hook_id)
+
+    @property
+    def hook(self) -> Callable[..., Any]:
+        return self.info.hook
+
+
+@dataclass
+class Call:
+    """One recorded call of a hook."""
+
+    inputs: tuple  # the hook's arguments after ``module``: (args,), (args, kwargs), (args, out), ...
+    returned_none: bool
+    mutated: list[str]
+    side_effect: str | None
+
+
+@dataclass
+class Outcome:
+    """What capture decided for one site."""
+
+    action: str  # "wrapper", "observer", "noop" or "blocker"
+    wrapper: W.Wrapper | None = None
+    detail: str = ""
+    fix: str = ""
+    calls: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Side effects
+# --------------------------------------------------------------------------------------
+
+_SKIP_TYPES = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
+def _fingerprint(obj: Any, depth: int, seen: set[int]) -> Any:
+    if isinstance(obj, (int, float, str, bool, bytes, type(None))):
+        return obj
+    if isinstance(obj, Tensor):
+        return ("tensor", id(obj), obj._version)
+    if isinstance(obj, _SKIP_TYPES) or id(obj) in seen:
+        return ("ref", id(obj))
+    seen.add(id(obj))
+    if isinstance(obj, nn.Module):
+        state = {k: v for k, v in obj.__dict__.items() if not k.startswith("_") or k in ("_parameters", "_buffers")}
+        return ("module", id(obj), _fingerprint(state, depth, seen))
+    if depth <= 0:
+        return ("obj", id(obj), len(obj) if isinstance(obj, (list, dict, set, tuple)) else None)
+    if isinstance(obj, dict):
+        items = list(obj.items())[:256]
+        return ("dict", len(obj), tuple((repr(k)[:64], _fingerprint(v, depth - 1, seen)) for k, v in items))
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = list(obj)[:256] if not isinstance(obj, (set, frozenset)) else sorted(map(id, obj))[:256]
+        return (type(obj).__name__, len(obj), tuple(_fingerprint(v, depth - 1, seen) for v in items))
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict):
+        return ("obj", id(obj), _fingerprint(attrs, depth - 1, seen))
+    return ("opaque", id(obj))
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _reachable(hook: Any) -> list[Any]:
+    """Objects whose change would be a side effect of calling ``hook``."""
+    from .inventory import _unwrap
+
+    target = _unwrap(hook)
+    objs: list[Any] = []
+    funcs: list[Any] = []
+    if isinstance(target, types.MethodType):
+        objs.append(target.__self__)
+        funcs.append(target.__func__)
+    elif isinstance(target, types.FunctionType):
+        funcs.append(target)
+    else:
+        objs.append(target)
+        call = getattr(type(target), "__call__", None)  # noqa: B004
+        if isinstance(call, types.FunctionType):
+            funcs.append(call)
+    for func in funcs:
+        for cell in func.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                objs.append(cell.cell_contents)
+        globs = func.__globals__
+        for name in sorted(_code_names(func.__code__)):
+            if name in globs:
+                objs.append(("global", name, globs[name]))
+        objs.extend(func.__defaults__ or ())
+    return objs
+
+
+def _state_of(hook: Any, host: nn.Module) -> Any:
+    seen: set[int] = set()
+    objs = [_fingerprint(o, 2, seen) for o in _reachable(hook)]
+    host_tensors = tuple(
+        (n, id(t), t._version) for n, t in list(host.named_parameters()) + list(host.named_buffers())
+    )
+    host_attrs = tuple(sorted(
+        (k, id(v)) for k, v in host.__dict__.items() if not k.startswith("_") and k != "training"
+    ))
+    return objs, host_tensors, host_attrs
+
+
+# --------------------------------------------------------------------------------------
+# Recording
+# --------------------------------------------------------------------------------------
+
+
+def _clone_tree(tree: Any) -> Any:
+    return _pytree.tree_map(lambda v: v.detach().clone() if isinstance(v, Tensor) else v, tree)
+
+
+def _fresh(call: Call) -> Any:
+    """The call's recorded inputs, copied again only if the hook modifies them in place."""
+    return _clone_tree(call.inputs) if call.mutated else call.inputs
+
+
+def _versions(tree: Any) -> list[int]:
+    return [v._version for v in _pytree.tree_leaves(tree) if isinstance(v, Tensor)]
+
+
+def _input_names(position: str, with_kwargs: bool) -> list[str]:
+    if position == "pre":
+        return ["args", "kwargs"] if with_kwargs else ["args"]
+    return ["args", "kwargs", "output"] if with_kwargs else ["args", "output"]
+
+
+def _make_proxy(
+    hook: Callable[..., Any], kind: str, hook_id: int, paths: dict[int, str], store: dict,
+    position: str, with_kwargs: bool,
+) -> Callable[..., Any]:
+    names = _input_names(position, with_kwargs)
+
+    def proxy(module: nn.Module, *rest: Any) -> Any:
+        path = paths.get(id(module))
+        if path is None:  # a module outside the model (global hooks only)
+            return hook(module, *rest)
+        calls = store.setdefault((path, kind, hook_id), [])
+        kept = _clone_tree(rest) if len(calls) < MAX_RECORDED_CALLS else None
+        before_v = [_versions(part) for part in rest]
+        before_s = _state_of(hook, module)
+        result = hook(module, *rest)
+        after_s = _state_of(hook, module)
+        after_v = [_versions(part) for part in rest]
+        mutated = [names[i] for i, (a, b) in enumerate(zip(before_v, after_v)) if a != b]
+        side = None
+        if before_s != after_s:
+            side = "changes Python state it can reach (its closure, globals, self or the module)"
+        calls.append(Call(kept, result is None, mutated, side))
+        return result
+
+    return proxy
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def record(model: nn.Module, example_inputs: tuple, sites: list[Site]) -> dict[tuple[str, str, int], list[Call]]:
+    """Run ``example_inputs`` once and record every call of the hooks behind ``sites``.
+
+    The model's hooks, training flags and the global RNG state are restored afterwards.
+    Returns calls keyed by ``(module path, kind, hook_id)``.
+    """
+    paths: dict[int, str] = {}
+    for p, m in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), p)  # a shared module is known by its first path, as in inventory
+    store: dict[tuple[str, str, int], list[Call]] = {}
+    replaced: list[tuple[dict, int, Any]] = []
+    done: set[tuple[int, int]] = set()
+    for site in sites:
+        info = site.info
+        container = info.container()
+        if (id(container), info.hook_id) in done:
+            continue
+        done.add((id(container), info.hook_id))
+        replaced.append((container, info.hook_id, container[info.hook_id]))
+        container[info.hook_id] = _make_proxy(
+            info.hook, info.kind, info.hook_id, paths, store, site.position, site.with_kwargs
+        )
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eval_mode(model):
+            model(*example_inputs)
+    finally:
+        for container, hook_id, hook in replaced:
+            container[hook_id] = hook
+    return store
+
+
+# --------------------------------------------------------------------------------------
+# Running a hook and a wrapper the same way
+# --------------------------------------------------------------------------------------
+
+
+def _run_hook(site: Site, inputs: tuple) -> Any:
+    """The hook's effect, normalised: the new output (post) or the new (args, kwargs)."""
+    result = site.hook(site.host, *inputs)
+    if site.position == "post":
+        return inputs[-1] if result is None else result
+    if site.with_kwargs:
+        return (inputs[0], inputs[1]) if result is None else result
+    if result is None:
+        return inputs[0]
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _run_wrapper(site: Site, wrapper: W.Wrapper, inputs: tuple) -> Any:
+    if site.position == "post":
+        args, kwargs = inputs[0], inputs[1] if site.with_kwargs else {}
+        return wrapper.hookwrap_post(site.host, args, kwargs, inputs[-1])
+    kwargs = inputs[1] if site.with_kwargs else {}
+    new_args, new_kwargs = wrapper.hookwrap_pre(site.host, inputs[0], kwargs)
+    return (new_args, new_kwargs) if site.with_kwargs else new_args
+
+
+def _same(a: Any, b: Any) -> str | None:
+    """None if the two results are identical (NaNs equal), else what differs."""
+    la, sa = _pytree.tree_flatten(a)
+    lb, sb = _pytree.tree_flatten(b)
+    if sa != sb:
+        return f"structure differs: {sa} vs {sb}"
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if isinstance(x, Tensor) != isinstance(y, Tensor):
+            return f"item {i}: tensor vs non-tensor"
+        if not isinstance(x, Tensor):
+            if x != y and not (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
+                return f"item {i}: {x!r} vs {y!r}"
+            continue
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"item {i}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
+        if not torch.equal(torch.nan_to_num(x, nan=0.0), torch.nan_to_num(y, nan=0.0)) or not torch.equal(
+            x.isnan(), y.isnan()
+        ):
+            diff = (x.double() - y.double()).abs().nan_to_num(0).max().item()
+            return f"item {i}: values differ (max abs diff {diff:.3g})"
+    return None
+
+
+@contextlib.contextmanager
+def _host_mode(site: Site, wrapper: W.Wrapper | None, training: bool) -> Iterator[None]:
+    old = site.host.training
+    old_w = [(m, m.training) for m in wrapper.modules()] if wrapper is not None else []
+    site.host.training = training
+    if wrapper is not None:
+        wrapper.train(training)
+    try:
+        yield
+    finally:
+        site.host.training = old
+        for m, mode in old_w:
+            m.training = mode
+
+
+def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call], *, batch_check: bool, batch: int | None) -> str | None:
+    """None if ``wrapper`` reproduces the hook on every recorded call, else why not."""
+    for call in calls:
+        for training in (False, True):
+            with _host_mode(site, wrapper, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(_SEED)
+                expected = _run_hook(site, _fresh(call))
+                torch.manual_seed(_SEED)
+                try:
+                    got = _run_wrapper(site, wrapper, _fresh(call))
+                except Exception as exc:
+                    return f"the converted module fails on a recorded call: {type(exc).__name__}: {exc}"
+            diff = _same(got, expected)
+            if diff is not None:
+                mode = "train" if training else "eval"
+                return f"the converted module does not reproduce the hook in {mode} mode ({diff})"
+    if batch_check and batch is not None and calls:
+        grown = _grow_batch(calls[0].inputs, batch)
+        if grown is not None:
+            with _host_mode(site, wrapper, False), torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(_SEED)
+                try:
+                    expected = _run_hook(site, _clone_tree(grown))
+                except Exception:
+                    return None  # the hook itself only works at the recorded batch size
+                torch.manual_seed(_SEED)
+                try:
+                    got = _run_wrapper(site, wrapper, _clone_tree(grown))
+                except Exception as exc:
+                    return f"the captured graph fails at batch size {batch + 1}: {type(exc).__name__}: {exc}"
+            diff = _same(got, expected)
+            if diff is not None:
+                return f"the captured graph does not generalise to batch size {batch + 1} ({diff})"
+    return None
+
+
+def _grow_batch(inputs: tuple, batch: int) -> tuple | None:
+    grew = False
+
+    def grow(v: Any) -> Any:
+        nonlocal grew
+        if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch:
+            grew = True
+            return torch.cat([v, v[:1]], dim=0)
+        return v
+
+    out = _pytree.tree_map(grow, inputs)
+    return out if grew else None
+
+
+# --------------------------------------------------------------------------------------
+# Recognition of known patterns, on a torch-function-level trace
+# --------------------------------------------------------------------------------------
+
+
+class _Trace(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, tuple, dict, Any]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls.append((func, args, kwargs, out))
+        return out
+
+
+class _NoMatch(Exception):
+    pass
+
+
+_REQUIRED = object()
+
+
+def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Bind ``args[1:]`` and ``kwargs`` to parameter ``names`` (``args[0]`` is the tensor)."""
+    bound: dict[str, Any] = {}
+    rest = args[1:]
+    if len(rest) > len(names):
+        raise _NoMatch
+    for name, value in zip(names, rest):
+        bound[name] = value
+    for key, value in kwargs.items():
+        if key in bound or (key not in names and key != "_stacklevel"):
+            raise _NoMatch
+        bound[key] = value
+    for name in names:
+        if name not in bound:
+            if name not in defaults:
+                raise _NoMatch
+            bound[name] = defaults[name]
+    return bound
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _NoMatch
+    return value
+
+
+_DROPOUTS = {
+    F.dropout: "Dropout", F.dropout1d: "Dropout1d", F.dropout2d: "Dropout2d",
+    F.dropout3d: "Dropout3d", F.alpha_dropout: "AlphaDropout",
+    F.feature_alpha_dropout: "FeatureAlphaDropout",
+}
+_PLAIN_ACTIVATIONS = {
+    F.relu: "ReLU", torch.relu: "ReLU", Tensor.relu: "ReLU", F.relu6: "ReLU6", F.selu: "SELU",
+    torch.selu: "SELU", F.silu: "SiLU", F.mish: "Mish", torch.sigmoid: "Sigmoid",
+    Tensor.sigmoid: "Sigmoid", torch.tanh: "Tanh", Tensor.tanh: "Tanh", F.hardswish: "Hardswish",
+    F.hardsigmoid: "Hardsigmoid", F.softsign: "Softsign", F.tanhshrink: "Tanhshrink",
+    F.logsigmoid: "LogSigmoid",
+}
+# name -> (parameters after the input, defaults, activation class argument names)
+_PARAM_ACTIVATIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any], dict[str, str]]] = {
+    F.gelu: ("GELU", ("approximate",), {"approximate": "none"}, {"approximate": "approximate"}),
+    F.leaky_relu: ("LeakyReLU", ("negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False},
+                   {"negative_slope": "negative_slope"}),
+    F.elu: ("ELU", ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, {"alpha": "alpha"}),
+    F.celu: ("CELU", ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, {"alpha": "alpha"}),
+    F.hardtanh: ("Hardtanh", ("min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0, "inplace": False},
+                 {"min_val": "min_val", "max_val": "max_val"}),
+    F.softplus: ("Softplus", ("beta", "threshold"), {"beta": 1.0, "threshold": 20.0},
+                 {"beta": "beta", "threshold": "threshold"}),
+    F.hardshrink: ("Hardshrink", ("lambd",), {"lambd": 0.5}, {"lambd": "lambd"}),
+    F.softshrink: ("Softshrink", ("lambd",), {"lambd": 0.5}, {"lambd": "lambd"}),
+    F.threshold: ("Threshold", ("threshold", "value", "inplace"), {"inplace": False},
+                  {"threshold": "threshold", "value": "value"}),
+    F.softmax: ("Softmax", ("dim", "_stacklevel", "dtype"), {"_stacklevel": 3, "dtype": None}, {"dim": "dim"}),
+    F.log_softmax: ("LogSoftmax", ("dim", "_stacklevel", "dtype"), {"_stacklevel": 3, "dtype": None}, {"dim": "dim"}),
+}
+_MULS = {Tensor.mul, torch.mul, Tensor.__mul__, Tensor.__rmul__}
+_DIVS = {Tensor.div, torch.div, Tensor.__truediv__}
+_ADDS = {Tensor.add, torch.add, Tensor.__add__, Tensor.__radd__}
+_SUBS = {Tensor.sub, torch.sub, Tensor.__sub__}
+_CLAMPS = {torch.clamp, Tensor.clamp, torch.clip, Tensor.clip}
+_CLAMP_MINS = {torch.clamp_min, Tensor.clamp_min}
+_CLAMP_MAXS = {torch.clamp_max, Tensor.clamp_max}
+
+
+def _item(func: Any, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any], bool | None]:
+    """``(wrapper kind, config, dropout training flag)`` for one recognised call."""
+    if func in _DROPOUTS:
+        b = _bind(args, kwargs, ("p", "training", "inplace"), {"p": 0.5, "training": True, "inplace": False})
+        if not isinstance(b["training"], bool):
+            raise _NoMatch
+        return _DROPOUTS[func], {"p": _scalar(b["p"])}, b["training"]
+    if func in _PLAIN_ACTIVATIONS:
+        b = _bind(args, kwargs, ("inplace",), {"inplace": False})
+        return "Activation", {"name": _PLAIN_ACTIVATIONS[func], "kwargs": {}}, None
+    if func in _PARAM_ACTIVATIONS:
+        name, params, defaults, mapping = _PARAM_ACTIVATIONS[func]
+        b = _bind(args, kwargs, params, defaults)
+        if b.get("dtype") is not None:
+            raise _NoMatch
+        return "Activation", {"name": name, "kwargs": {k: b[v] for k, v in mapping.items()}}, None
+    if func in _MULS:
+        b = _bind(args, kwargs, ("other",), {})
+        return "Scale", {"factor": _scalar(b["other"])}, None
+    if func in _DIVS:
+        b = _bind(args, kwargs, ("other", "rounding_mode"), {"rounding_mode": None})
+        if b["rounding_mode"] is not None:
+            raise _NoMatch
+        return "Scale", {"divisor": _scalar(b["other"])}, None
+    if func in _ADDS or func in _SUBS:
+        b = _bind(args, kwargs, ("other", "alpha"), {"alpha": 1})
+        if b["alpha"] != 1 or isinstance(b["alpha"], bool):
+            raise _NoMatch
+        other = _scalar(b["other"])
+        return "Shift", {"offset": other if func in _ADDS else -other}, None
+    if func in _CLAMPS:
+        b = _bind(args, kwargs, ("min", "max"), {"min": None, "max": None})
+        lo = None if b["min"] is None else _scalar(b["min"])
+        hi = None if b["max"] is None else _scalar(b["max"])
+        return "Clamp", {"min": lo, "max": hi}, None
+    if func in _CLAMP_MINS:
+        return "Clamp", {"min": _scalar(_bind(args, kwargs, ("min",), {})["min"]), "max": None}, None
+    if func in _CLAMP_MAXS:
+        return "Clamp", {"min": None, "max": _scalar(_bind(args, kwargs, ("max",), {})["max"])}, None
+    raise _NoMatch
+
+
+def _chain(calls: list[tuple[Any, tuple, dict, Any]], start: Tensor) -> tuple[list[tuple[str, dict, bool | None]], Tensor]:
+    """Read the trace as a chain of recognised operations starting at ``start``."""
+    items: list[tuple[str, dict, bool | None]] = []
+    cur = start
+    i = 0
+    while i < len(calls):
+        func, args, kwargs, out = calls[i]
+        # x + torch.randn_like(x) * std  ->  GaussianNoise(std)
+        if func is torch.randn_like and args and args[0] is cur and not kwargs and i + 2 < len(calls):
+            f2, a2, k2, o2 = calls[i + 1]
+            f3, a3, k3, o3 = calls[i + 2]
+            if f2 in _MULS and a2 and a2[0] is out and not k2 and len(a2) == 2 and f3 in _ADDS and not k3 \
+                    and len(a3) == 2 and {id(a3[0]), id(a3[1])} == {id(cur), id(o2)}:
+                items.append(("GaussianNoise", {"std": _scalar(a2[1])}, True))
+                cur = o3
+                i += 3
+                continue
+        if not args or args[0] is not cur or not isinstance(out, Tensor):
+            raise _NoMatch
+        if any(isinstance(v, Tensor) for v in (*args[1:], *kwargs.values())):
+            raise _NoMatch
+        items.append(_item(func, args, kwargs))
+        cur = out
+        i += 1
+    return items, cur
+
+
+def _primary(site: Site, inputs: tuple) -> Tensor:
+    value = inputs[-1] if site.position == "post" else inputs[0]
+    if site.position == "pre":
+        if value and isinstance(value[0], Tensor):
+            return value[0]
+        raise _NoMatch
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    raise _NoMatch
+
+
+def _trace_chain(site: Site, call: Call, training: bool) -> list[tuple[str, dict, bool | None]]:
+    inputs = _fresh(call)
+    start = _primary(site, inputs)
+    with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+        with _Trace() as trace:
+            result = _run_hook(site, inputs)
+    items, end = _chain(trace.calls, start)
+    # The result must be the primary tensor transformed, everything else passed through.
+    if site.position == "post":
+        original = inputs[-1]
+        if isinstance(original, Tensor):
+            ok = result is end
+        else:
+            ok = (isinstance(result, type(original)) and len(result) == len(original) and result[0] is end
+                  and all(r is o for r, o in zip(result[1:], original[1:])))
+    else:
+        if site.with_kwargs:
+            raise _NoMatch
+        original = inputs[0]
+        ok = (isinstance(result, tuple) and len(result) == len(original) and result[0] is end
+              and all(r is o for r, o in zip(result[1:], original[1:])))
+    if not ok:
+        raise _NoMatch
+    return items
+
+
+def _merge_modes(train: list, eval_: list) -> list[tuple[str, dict, bool]] | None:
+    """Combine the train-mode and eval-mode chains into items with an ``always`` flag.
+
+    A stochastic item that only appears (or only drops) in train mode follows the
+    module's mode (``always=False``); one active in eval mode too is ``always=True``.
+    Returns None when the two modes differ in any other way.
+    """
+    merged: list[tuple[str, dict, bool]] = []
+    i = j = 0
+    stochastic = {"GaussianNoise", *_DROPOUTS.values()}
+    while i < len(train) or j < len(eval_):
+        t = train[i] if i < len(train) else None
+        e = eval_[j] if j < len(eval_) else None
+        if t is not None and e is not None and t[0] == e[0] and t[1] == e[1]:
+            if t[2] is None:
+                merged.append((t[0], t[1], False))
+            elif e[2]:
+                if not t[2]:
+                    return None  # on in eval, off in train: not a module we have
+                merged.append((t[0], t[1], True))
+            elif t[2]:
+                merged.append((t[0], t[1], False))
+            # else: training=False in both modes: a no-op, dropped
+            i += 1
+            j += 1
+            continue
+        if t is not None and t[0] in stochastic and t[2]:
+            merged.append((t[0], t[1], False))  # only in train mode
+            i += 1
+            continue
+        return None
+    return merged
+
+
+def _build_items(items: list[tuple[str, dict, bool]]) -> W.Wrapper:
+    built: list[W.Wrapper] = []
+    for kind, config, always in items:
+        cfg = dict(config)
+        if kind in _DROPOUTS.values() or kind == "GaussianNoise":
+            cfg["always"] = always
+        built.append(W.build_wrapper({"type": kind, "config": cfg}))
+    return built[0] if len(built) == 1 else W.Chain(built)
+
+
+def _recognise(site: Site, call: Call) -> W.Wrapper | None | str:
+    """A plain wrapper, ``"noop"``, or ``None`` when the body is not a known pattern."""
+    try:
+        train = _trace_chain(site, call, True)
+        eval_ = _trace_chain(site, call, False)
+    except _NoMatch:
+        return None
+    except Exception:
+        return None
+    merged = _merge_modes(train, eval_)
+    if merged is None:
+        return None
+    if not merged:
+        return "noop"
+    try:
+        return _build_items(merged)
+    except Exception:
+        return None
+
+
+def _mode_dependent(site: Site, call: Call) -> bool:
+    """True if the hook runs different torch operations in train and in eval mode."""
+    shapes = []
+    for training in (True, False):
+        inputs = _fresh(call)
+        try:
+            with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+                with _Trace() as trace:
+                    _run_hook(site, inputs)
+        except Exception:
+            return False
+        shapes.append([
+            (getattr(f, "__qualname__", repr(f)), tuple(a for a in args if not isinstance(a, Tensor)))
+            for f, args, _, _ in trace.calls
+        ])
+    return shapes[0] != shapes[1]
+
+
+# --------------------------------------------------------------------------------------
+# torch.export capture
+# --------------------------------------------------------------------------------------
+
+
+class _Callee(nn.Module):
+    """What torch.export traces: the hook applied to flattened tensor inputs."""
+
+    def __init__(self, site: Site, in_spec: Any, template: list) -> None:
+        super().__init__()
+        self.host = site.host
+        self._hook_site = site
+        self._in_spec = in_spec
+        self._template = template
+
+    def forward(self, xs: list[Tensor]) -> tuple[Tensor, ...]:
+        it = iter(xs)
+        leaves = [next(it) if isinstance(v, dict) else v for v in self._template]
+        inputs = _pytree.tree_unflatten(leaves, self._in_spec)
+        result = _run_hook(self._hook_site, tuple(inputs))
+        return tuple(v for v in _pytree.tree_leaves(result) if isinstance(v, Tensor))
+
+
+def _leaf_template(leaves: list[Any], what: str) -> list:
+    template: list = []
+    for v in leaves:
+        if isinstance(v, Tensor):
+            template.append({"tensor": True})
+        elif isinstance(v, (type(None), bool, int, str)) or (isinstance(v, float) and math.isfinite(v)):
+            template.append(v)
+        else:
+            raise _CaptureError(f"its {what} contain a {type(v).__name__}, which a captured graph cannot carry")
+    return template
+
+
+class _CaptureError(Exception):
+    pass
+
+
+def _explain_export_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if "data-dependent" in lowered or "guardondatadependent" in lowered or "data dependent" in lowered:
+        return "it has data-dependent Python control flow (such as `if tensor.sum() > 0:`), which torch.export cannot capture"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"torch.export could not capture it ({first[:300]})"
+
+
+def _capture(site: Site, call: Call) -> W.CapturedHook:
+    from torch.export import Dim, export
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    from ._graph import GraphFormatError, encode
+
+    inputs = _clone_tree(call.inputs)
+    tree = tuple(inputs)
+    leaves, in_spec = _pytree.tree_flatten(tree)
+    template = _leaf_template(leaves, "inputs")
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), _host_mode(site, None, False):
+        result = _run_hook(site, _clone_tree(tree))
+    out_leaves, out_spec = _pytree.tree_flatten(result)
+    out_template = _leaf_template(out_leaves, "results")
+    tensors = [v for v in leaves if isinstance(v, Tensor)]
+    # torch.export specialises size-1 dimensions: capture with a batch of at least 2.
+    example = [torch.cat([t, t]) if t.dim() >= 1 and t.shape[0] == 1 else t for t in tensors]
+    dynamic = [{0: Dim.AUTO} if t.dim() >= 1 else None for t in example]
+    callee = _Callee(site, in_spec, template)
+    try:
+        with _host_mode(site, None, False):
+            ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
+    except Exception as exc:
+        raise _CaptureError(_explain_export_error(exc)) from None
+
+    sig = ep.graph_signature
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user, host, consts = [], [], []
+    const_values: list[Tensor] = []
+    host_names: list[str] = []
+    for node, spec in zip(placeholders, sig.input_specs):
+        if spec.kind == InputKind.USER_INPUT:
+            user.append(node)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            if node.users:
+                target = spec.target
+                if not target.startswith("host."):
+                    raise _CaptureError(f"it reads {target}, which is not a tensor of its module")
+                host.append(node)
+                host_names.append(target[len("host."):])
+        elif spec.kind == InputKind.CONSTANT_TENSOR:
+            if node.users:
+                consts.append(node)
+                value = ep.constants[spec.target]
+                const_values.append(value.detach().clone())
+        elif node.users:
+            raise _CaptureError(f"it uses a {spec.kind.name.lower()} input, which a captured graph cannot carry")
+    for spec in sig.output_specs:
+        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
+            raise _CaptureError(f"it modifies {spec.target} of its module in place (a side effect)")
+    output_node = next(n for n in ep.graph.nodes if n.op == "output")
+    user_outputs = [
+        value for value, spec in zip(output_node.args[0], sig.output_specs) if spec.kind == OutputKind.USER_OUTPUT
+    ]
+    try:
+        graph_json = encode(ep.graph, user + host + consts, user_outputs)
+    except GraphFormatError as exc:
+        raise _CaptureError(f"its captured graph cannot be stored: {exc}") from None
+    wrapper = W.CapturedHook(
+        graph=graph_json, position=site.position, with_kwargs=site.with_kwargs,
+        in_spec=_pytree.treespec_dumps(in_spec), in_template=template,
+        out_spec=_pytree.treespec_dumps(out_spec), out_template=out_template,
+        host_tensors=host_names,
+        constants={f"c{i}": {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
+                   for i, v in enumerate(const_values)},
+        name=site.info.name,
+    )
+    with torch.no_grad():
+        for i, value in enumerate(const_values):
+            getattr(wrapper, f"c{i}").copy_(value)
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------
+# The decision for one site
+# --------------------------------------------------------------------------------------
+
+_FIX_REWRITE = (
+    "rewrite the hook as a pure function of its tensors, use a hookwrap hook "
+    "(hw.hooks.*), or register a converter with hw.register_converter"
+)
+
+
+def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> Outcome:
+    """Decide what a forward hook becomes: a wrapper, an observer (stripped), a no-op
+    (stripped) or a blocker."""
+    if calls is None:
+        return Outcome("blocker", detail="it needs example inputs to be captured, and none were given.",
+                       fix="pass example_inputs to hw.convert (a tuple, like torch.onnx.export takes)")
+    if not calls:
+        return Outcome("blocker", detail="it never ran while example_inputs went through the model, so there is nothing to capture.",
+                       fix="pass example_inputs that reach this module, or use a hookwrap hook / converter")
+    n = len(calls)
+    changed_tensors = any(not c.returned_none or c.mutated for c in calls)
+    side = next((c.side_effect for c in calls if c.side_effect), None)
+    if not changed_tensors:
+        why = "observer: returned None and changed no tensor"
+        if side:
+            why += f"; it {side}, which a saved or exported model cannot keep"
+        return Outcome("observer", detail=why, calls=n)
+    if side:
+        return Outcome("blocker", detail=f"it changes outputs and also {side}; a module cannot reproduce that side effect.",
+                       fix=_FIX_REWRITE, calls=n)
+    bad_mut = sorted({m for c in calls for m in c.mutated if m != "output"})
+    if bad_mut:
+        return Outcome("blocker", detail=f"it modifies its {', '.join(bad_mut)} in place, which other code may still use.",
+                       fix="return new tensors instead of modifying inputs in place", calls=n)
+    recorded = [c for c in calls if c.inputs is not None]
+    first = recorded[0]
+    recognised = _recognise(site, first)
+    if recognised == "noop":
+        if _validate_noop(site, recorded):
+            return Outcome("noop", detail="has no effect on outputs in train or eval mode", calls=n)
+        recognised = None
+    if isinstance(recognised, W.Wrapper):
+        problem = _validate(site, recognised, recorded, batch_check=False, batch=batch)
+        if problem is None:
+            return Outcome("wrapper", wrapper=recognised, detail=f"recognised as {_describe(recognised)}", calls=n)
+    if _mode_dependent(site, first):
+        return Outcome("blocker", detail="it runs different operations in train and eval mode; a captured graph holds one of them.",
+                       fix="make the hook independent of module.training, or use hw.hooks.Dropout*/GaussianNoise", calls=n)
+    try:
+        captured = _capture(site, first)
+    except _CaptureError as exc:
+        return Outcome("blocker", detail=f"{exc}.", fix=_FIX_REWRITE, calls=n)
+    problem = _validate(site, captured, recorded, batch_check=True, batch=batch)
+    if problem is not None:
+        return Outcome("blocker", detail=f"{problem}.", fix=_FIX_REWRITE, calls=n)
+    ops = len(captured.config()["graph"]["nodes"])
+    return Outcome("wrapper", wrapper=captured, detail=f"captured with torch.export as CapturedHook ({ops} ops)", calls=n)
+
+
+def _validate_noop(site: Site, calls: list[Call]) -> bool:
+    for call in calls:
+        for training in (False, True):
+            with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+                inputs = _clone_tree(call.inputs)
+                original = _clone_tree(call.inputs)
+                result = _run_hook(site, inputs)
+            expected = original[-1] if site.position == "post" else (
+                (original[0], original[1]) if site.with_kwargs else original[0])
+            if _same(result, expected) is not None:
+                return False
+    return True
+
+
+def _describe(wrapper: W.Wrapper) -> str:
+    return repr(wrapper).replace("\n", " ").replace("  ", "")
