@@ -22,6 +22,9 @@ _EXPORTS = {
     "HookHandle": "hooks",
     "convert": "convert",
     "strip": "strip",
+    "save": "io",
+    "load": "io",
+    "read_manifest": "io",
     "stripped": "strip",
     "conversion_report": "report",
     "ConversionReport": "report",
@@ -79,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from .hooks import HookHandle, attach
     from .inventory import HookInfo, Inventory, inventory
+    from .io import load, read_manifest, save
     from .registry import register_converter
     from .report import ConversionReport, conversion_report
     from .strip import strip, stripped

@@ -54,12 +54,12 @@ def _restore_container(obj: Any, saved: Any) -> None:
 class Snapshot:
     """Everything needed to put a model's structure and hooks back as they were."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, modules: list[nn.Module] | None = None) -> None:
         self._modules: list[tuple[nn.Module, type, dict[str, Any], list[tuple[Any, Any]]]] = []
         self._param_data: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._tensor_hooks: list[tuple[torch.Tensor, str, Any, Any]] = []
         seen_tensors: set[int] = set()
-        for mod in model.modules():
+        for mod in (model.modules() if modules is None else modules):
             attrs = dict(mod.__dict__)
             containers = []
             for value in attrs.values():
@@ -113,9 +113,12 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def transaction(model: nn.Module) -> Iterator[Snapshot]:
-    """Run a block that changes ``model``; if it raises, undo every change and re-raise."""
-    snap = Snapshot(model)
+def transaction(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[Snapshot]:
+    """Run a block that changes ``model``; if it raises, undo every change and re-raise.
+
+    ``modules`` limits the snapshot to the modules the block may change (default: all).
+    """
+    snap = Snapshot(model, modules)
     try:
         yield snap
     except BaseException:

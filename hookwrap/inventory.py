@@ -42,6 +42,7 @@ __all__ = [
     "PLANS",
     "origin_of",
     "name_of",
+    "forward_hooks",
 ]
 
 KINDS = (
@@ -335,6 +336,15 @@ def _flags(kind: str, hook_id: int, owner: Any) -> tuple[bool, bool]:
             hook_id in _module_mod._global_forward_hooks_always_called,
         )
     return False, False
+
+
+def forward_hooks(model: nn.Module) -> list[HookInfo]:
+    """The forward-path hooks that would run on ``model`` (a fast check first)."""
+    if not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks) and not any(
+        m._forward_hooks or m._forward_pre_hooks for m in model.modules()
+    ):
+        return []
+    return [h for h in inventory(model) if h.kind in FORWARD_KINDS]
 
 
 def inventory(model: nn.Module, *, include_global: bool = True) -> Inventory:

@@ -45,3 +45,29 @@ def hook_table(model: nn.Module) -> list[tuple]:
     import hookwrap as hw
 
     return [(h.path, h.kind, h.hook_id, id(h.hook), h.with_kwargs, h.always_call) for h in hw.inventory(model)]
+
+
+class Tied(nn.Module):
+    """A language-model-like toy whose output layer shares the embedding's weight."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.emb(ids))))
+
+
+def tied(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Tied().eval()
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()

@@ -1,0 +1,567 @@
+"""Save and load converted models: one ``.safetensors`` file, no pickle.
+
+File layout: an ordinary safetensors file whose tensors are the model's ``state_dict``
+(tied tensors stored once, as ``safetensors.torch.save_model`` does) and whose header
+metadata holds:
+
+* ``"hookwrap"``: the manifest, JSON (schema below);
+* ``"hookwrap.format"``: the manifest's format version again, as a marker, so a damaged
+  manifest key is never mistaken for a plain file;
+* ``"hookwrap.digest"``: the sha256 of the manifest text, so any change to it is caught;
+* ``"format": "pt"`` and any user ``metadata``.
+
+hookwrap reserves the tensor-key prefix ``__hookwrap__.`` and currently writes no tensors
+under it: captured graphs are JSON inside the manifest, and their constants are ordinary
+``state_dict`` tensors of their ``CapturedHook`` (``<host>.hookwrap_post.<i>.c<j>``).
+
+Manifest schema (``format_version`` 1)::
+
+    {"format": "hookwrap", "format_version": 1,
+     "hookwrap_version": "0.1.0", "torch_version": "2.14.1", "model": "VGG",
+     "wrappers": {"features.0": {"module": "Conv2d",
+                                 "pre": [], "post": [{"type": "Dropout2d", "config": {...}}]}},
+     "tensors": {"features.0.weight": ["F32", [64, 3, 3, 3]], ...},
+     "aliases": {"tied.name": "kept.name"},
+     "metadata": {"format": "pt", ...the other header metadata, as a check...},
+     "converted": [Action, ...], "baked": [Action, ...], "stripped": [Action, ...],
+     "kept": [Action, ...]}
+
+A wrapper ``type`` is looked up in hookwrap's registry (and converters registered in
+the running process); nothing named by a file is ever imported or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from . import wrappers as W
+from ._fs import atomic_path
+from ._txn import transaction
+from .errors import HookwrapError, InvalidArgumentError, ManifestError
+from .inventory import forward_hooks
+from .registry import wrapper_type
+from .report import Action, ConversionReport, attach_report, conversion_report
+
+__all__ = ["save", "load", "read_manifest", "manifest_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "hookwrap"
+MARKER_KEY = "hookwrap.format"
+DIGEST_KEY = "hookwrap.digest"
+RESERVED_PREFIX = "__hookwrap__."
+MAX_HEADER = 100 * 1024 * 1024
+
+_DTYPES = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2), "I8": (torch.int8, 1), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+    "U16": (getattr(torch, "uint16", None), 2), "U32": (getattr(torch, "uint32", None), 4),
+    "U64": (getattr(torch, "uint64", None), 8), "C64": (torch.complex64, 8),
+    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1), "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
+}
+_DTYPE_NAMES = {dtype: name for name, (dtype, _) in _DTYPES.items() if dtype is not None}
+
+
+def manifest_digest(text: str) -> str:
+    """The ``hookwrap.digest`` of a manifest text: its sha256, hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Reading and checking the header
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Header:
+    path: Path
+    tensors: dict[str, tuple[str, list[int]]]
+    metadata: dict[str, str]
+    manifest: dict[str, Any] | None
+
+
+_ENTRY = re.compile(rb'"((?:[^"\\])*)":\{')
+
+
+def _entry_at(raw: bytes, pos: int) -> str | None:
+    """The top-level header entry whose text contains byte ``pos`` (for error messages)."""
+    found = None
+    for match in _ENTRY.finditer(raw, 0, max(pos, 0) + 1):
+        found = match.group(1).decode("utf-8", "replace")
+    return found
+
+
+def _read_header(path: str | os.PathLike[str]) -> _Header:
+    """Parse and check a safetensors header completely before anything is loaded."""
+    p = Path(path)
+    name = p.name
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise ManifestError(f"{name}: file is {size} bytes, too short for a safetensors header", key="header")
+            (n,) = struct.unpack("<Q", prefix)
+            if n > MAX_HEADER or 8 + n > size:
+                raise ManifestError(
+                    f"{name}: header claims {n} bytes but the file has {size - 8} after the length: "
+                    f"the file is truncated or its header is corrupt", key="header")
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise HookwrapError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise HookwrapError(f"{p}: is a directory, not a safetensors file") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        pos = getattr(exc, "pos", None) or getattr(exc, "start", None) or 0
+        entry = _entry_at(raw, pos)
+        where = f" inside entry {entry!r}" if entry else ""
+        raise ManifestError(
+            f"{name}: header is not valid JSON at byte {pos}{where} ({type(exc).__name__}); the file is corrupt",
+            key=entry or "header") from None
+    if not isinstance(header, dict):
+        raise ManifestError(f"{name}: header must be a JSON object", key="header")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ManifestError(f"{name}: header '__metadata__' must map strings to strings", key="__metadata__")
+    data_len = size - 8 - n
+    spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, tuple[str, list[int]]] = {}
+    for key, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ManifestError(f"{name}: header entry {key!r} is not a tensor description", key=key)
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPES:
+            raise ManifestError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}", key=key)
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {shape!r}", key=key)
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {offsets!r}", key=key)
+        begin, end = offsets
+        numel = 1
+        for s in shape:
+            numel *= s
+        if not 0 <= begin <= end or end - begin != numel * _DTYPES[dtype][1]:
+            raise ManifestError(
+                f"{name}: tensor {key!r} spans bytes {begin}..{end} but {dtype}{shape} needs "
+                f"{numel * _DTYPES[dtype][1]}", key=key)
+        spans.append((begin, end, key))
+        tensors[key] = (dtype, shape)
+    spans.sort()
+    cut = next(((b, e, k) for b, e, k in spans if e > data_len), None)
+    if cut is not None:
+        raise ManifestError(
+            f"{name}: tensor {cut[2]!r} ends at byte {cut[1]} of the data section, which has only {data_len} "
+            f"bytes: the file is truncated", key=cut[2])
+    cursor = 0
+    for begin, end, key in spans:
+        if begin != cursor:
+            raise ManifestError(
+                f"{name}: tensor {key!r} starts at byte {begin}, expected {cursor}: the header is corrupt", key=key)
+        cursor = end
+    if cursor != data_len:
+        raise ManifestError(
+            f"{name}: the data section has {data_len} bytes but the tensors cover {cursor}: "
+            f"the file is truncated or has trailing bytes", key="header")
+    manifest = _parse_manifest(name, meta, tensors)
+    return _Header(p, tensors, meta, manifest)
+
+
+def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any] | None:
+    present = [k for k in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY) if k in meta]
+    if not present:
+        return None
+    if len(present) != 3:
+        missing = next(k for k in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY) if k not in meta)
+        raise ManifestError(f"{name}: metadata key {missing!r} is missing: the hookwrap header is damaged", key=missing)
+    if manifest_digest(meta[MANIFEST_KEY]) != meta[DIGEST_KEY]:
+        raise ManifestError(
+            f"{name}: metadata key 'hookwrap' fails its digest check ('hookwrap.digest'): the manifest "
+            f"was altered or corrupted", key=MANIFEST_KEY)
+    try:
+        manifest = json.loads(meta[MANIFEST_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{name}: metadata key 'hookwrap' is not valid JSON ({exc})", key=MANIFEST_KEY) from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{name}: metadata key 'hookwrap' must hold a JSON object", key=MANIFEST_KEY)
+    version = manifest.get("format_version")
+    if meta[MARKER_KEY] != str(version) or manifest.get("format") != "hookwrap":
+        raise ManifestError(
+            f"{name}: metadata keys 'hookwrap' and 'hookwrap.format' disagree: the header is damaged", key=MARKER_KEY)
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{name}: manifest format_version {version!r} is not supported by hookwrap {__version__} "
+            f"(it reads version {FORMAT_VERSION}); use the hookwrap that wrote the file", key="format_version")
+    for field_name in ("wrappers", "tensors", "aliases"):
+        if not isinstance(manifest.get(field_name), dict):
+            raise ManifestError(f"{name}: manifest field {field_name!r} must be an object", key=field_name)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest["aliases"].items()):
+        raise ManifestError(f"{name}: manifest field 'aliases' must map names to names", key="aliases")
+    user = {k: v for k, v in meta.items() if k not in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY)}
+    recorded = manifest.get("metadata")
+    if not isinstance(recorded, dict) or recorded != user:
+        recorded = recorded if isinstance(recorded, dict) else {}
+        diff = sorted(set(user) ^ set(recorded) | {k for k in user if k in recorded and user[k] != recorded[k]})
+        raise ManifestError(
+            f"{name}: header metadata {diff} differs from the copy in the manifest: the header is corrupt",
+            key=diff[0] if diff else "metadata")
+    manifest["_actions"] = _actions(name, manifest)
+    table = manifest["tensors"]
+    for key in tensors:
+        if key not in table:
+            lost = sorted(k for k in table if k not in tensors)
+            also = f" (the manifest lists {lost[0]!r}, which the file lacks)" if lost else ""
+            raise ManifestError(f"{name}: tensor {key!r} is in the file but not in its manifest{also}", key=key)
+        want = table[key]
+        if not isinstance(want, list) or want != [tensors[key][0], tensors[key][1]]:
+            raise ManifestError(
+                f"{name}: tensor {key!r} is {tensors[key][0]}{tensors[key][1]} in the header but "
+                f"{want!r} in the manifest: the header is corrupt", key=key)
+    for key in table:
+        if key not in tensors:
+            raise ManifestError(f"{name}: tensor {key!r} is listed in the manifest but missing from the file", key=key)
+    return manifest
+
+
+_ACTION_FIELDS = {"path", "kind", "name", "origin", "action", "detail", "wrapper", "position"}
+
+
+def _actions(name: str, manifest: dict[str, Any]) -> list[Action]:
+    actions = []
+    for part in ("converted", "baked", "stripped", "kept"):
+        items = manifest.get(part, [])
+        if not isinstance(items, list):
+            raise ManifestError(f"{name}: manifest field {part!r} must be a list", key=part)
+        for item in items:
+            if (not isinstance(item, dict) or set(item) != _ACTION_FIELDS
+                    or not all(v is None or isinstance(v, str) for v in item.values())
+                    or item["action"] != part):
+                raise ManifestError(f"{name}: manifest field {part!r} holds a malformed entry", key=part)
+            actions.append(Action(**item))
+    return actions
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The hookwrap manifest of a file, checked (see this module's docstring for the schema).
+
+    Raises:
+        ManifestError: the file is not a hookwrap file, or it is broken.
+
+    Example:
+        >>> hw.read_manifest("m.safetensors")["wrappers"]["features.0"]["post"]
+        [{'type': 'Dropout2d', 'config': {'p': 0.2, 'always': True}}]
+    """
+    header = _read_header(path)
+    if header.manifest is None:
+        raise ManifestError(
+            f"{Path(path).name}: a plain safetensors file with no hookwrap manifest "
+            f"(hw.load still loads it as weights)", key=MANIFEST_KEY)
+    return {k: v for k, v in header.manifest.items() if k != "_actions"}
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int, int]:
+    storage = t.untyped_storage()
+    return (str(t.device), storage.data_ptr(), storage.nbytes())
+
+
+def _is_complete(t: torch.Tensor) -> bool:
+    storage = t.untyped_storage()
+    return t.data_ptr() == storage.data_ptr() and t.numel() * t.element_size() == storage.nbytes()
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one name per shared storage (one that covers all of it), like save_model."""
+    groups: dict[tuple[str, int, int], list[str]] = {}
+    for key, value in state.items():
+        if value.numel() == 0:
+            continue
+        groups.setdefault(_storage_key(value), []).append(key)
+    aliases: dict[str, str] = {}
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        complete = sorted(n for n in names if _is_complete(state[n]))
+        if not complete:
+            raise HookwrapError(
+                f"tensors {sorted(names)} share memory but none covers all of it; save would store more "
+                f"than the model needs: make them independent (.clone()) before saving")
+        keep = complete[0]
+        for n in names:
+            if n != keep:
+                aliases[n] = keep
+    kept = {k: v for k, v in state.items() if k not in aliases}
+    return kept, aliases
+
+
+def _wrapper_entries(model: nn.Module) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        if not W.is_host(module):
+            continue
+        pre, post = W.host_wrappers(module)
+        specs: dict[str, list] = {"pre": [], "post": []}
+        for side, items in (("pre", pre), ("post", post)):
+            for i, wrapper in enumerate(items):
+                where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}"
+                if not isinstance(wrapper, W.Wrapper):
+                    raise HookwrapError(f"{where}: {type(wrapper).__name__} is not a hookwrap wrapper module")
+                if wrapper_type(wrapper.kind) is not type(wrapper):
+                    raise HookwrapError(
+                        f"{where}: wrapper type {type(wrapper).__qualname__} (kind {wrapper.kind!r}) is not "
+                        f"registered, so it could not be loaded again; register it with hw.register_converter")
+                spec = wrapper.spec()
+                try:
+                    json.dumps(spec, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise HookwrapError(f"{where}: its config is not JSON-serializable ({exc})") from None
+                specs[side].append(spec)
+        entries[path] = {"module": type(module)._hookwrap_base.__name__, **specs}
+    return entries
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, str] | None = None) -> None:
+    """Save a converted model to one ``.safetensors`` file, atomically.
+
+    Args:
+        model: a model with no forward-path hooks left (``hw.convert`` it first).
+        path: where to write; an existing file is replaced only once the new one is
+            complete on disk.
+        metadata: extra string metadata for the header (keys starting with
+            ``hookwrap`` are reserved).
+
+    Raises:
+        HookwrapError: the model still has forward hooks, or a wrapper cannot be
+            described; nothing is written.
+        InvalidArgumentError: ``model`` or ``metadata`` is not usable.
+
+    Example:
+        >>> hw.save(hw.convert(model, (x,)), "m.safetensors")
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"save needs an nn.Module, got {type(model).__name__}")
+    metadata = dict(metadata or {})
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidArgumentError(f"metadata must map strings to strings; {key!r}: {value!r} does not")
+        if key.startswith("hookwrap") or key == "format":
+            raise InvalidArgumentError(f"metadata key {key!r} is reserved by hookwrap; choose another name")
+    live = forward_hooks(model)
+    if live:
+        where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
+        raise HookwrapError(
+            f"{type(model).__name__} still has {len(live)} forward hook(s) ({where}), which cannot be saved; "
+            f"call hw.convert(model, example_inputs) first and save its result")
+    wrappers = _wrapper_entries(model)
+    state, aliases = _dedupe(model.state_dict())
+    bad = [k for k in state if k.startswith(RESERVED_PREFIX)]
+    if bad:
+        raise HookwrapError(f"state_dict key {bad[0]!r} uses the prefix {RESERVED_PREFIX!r}, reserved by hookwrap")
+    tensors: dict[str, torch.Tensor] = {}
+    table: dict[str, list] = {}
+    for key, value in state.items():
+        if value.dtype not in _DTYPE_NAMES:
+            raise HookwrapError(f"tensor {key!r} has dtype {value.dtype}, which safetensors cannot store")
+        if value.layout != torch.strided:
+            raise HookwrapError(f"tensor {key!r} is {value.layout}; call .to_dense() before saving")
+        tensors[key] = value if value.is_contiguous() else value.contiguous()
+        table[key] = [_DTYPE_NAMES[value.dtype], list(value.shape)]
+    report = conversion_report(model) or ConversionReport([])
+    manifest: dict[str, Any] = {
+        "format": "hookwrap",
+        "format_version": FORMAT_VERSION,
+        "hookwrap_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "model": type(model)._hookwrap_base.__name__ if W.is_host(model) else type(model).__name__,
+        "wrappers": wrappers,
+        "tensors": table,
+        "aliases": aliases,
+        **{name: [a.to_dict() for a in report.of(name)]  # type: ignore[arg-type]
+           for name in ("converted", "baked", "stripped", "kept")},
+    }
+    user_meta = {"format": "pt", **metadata}
+    manifest["metadata"] = user_meta
+    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
+    header_meta = {
+        **user_meta,
+        MANIFEST_KEY: text,
+        MARKER_KEY: str(FORMAT_VERSION),
+        DIGEST_KEY: manifest_digest(text),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header_meta)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _base_module(base: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    if isinstance(base, nn.Module):
+        return base
+    if not callable(base):
+        raise InvalidArgumentError(f"base must be an nn.Module or a zero-argument factory, got {type(base).__name__}")
+    try:
+        model = base()
+    except Exception as exc:
+        raise HookwrapError(f"the base factory {getattr(base, '__qualname__', base)!r} raised "
+                            f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise HookwrapError(f"the base factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str) -> None:
+    for path in sorted(wrappers, key=lambda p: (p.count(".") + (p != ""), p)):
+        entry = wrappers[path]
+        if not isinstance(entry, dict) or set(entry) != {"module", "pre", "post"} \
+                or not isinstance(entry["pre"], list) or not isinstance(entry["post"], list):
+            raise ManifestError(f"{name}: wrapper entry for {path!r} is malformed", key=path)
+        try:
+            module = model.get_submodule(path) if path else model
+        except AttributeError:
+            raise ManifestError(
+                f"{name}: the file has wrappers for module {path!r}, which the base model "
+                f"{type(model).__name__} does not have; pass the base the file was saved from", key=path) from None
+        if W.is_host(module):
+            raise ManifestError(f"{name}: module {path!r} of the base already has hookwrap wrappers; "
+                                f"pass a plain, freshly built model", key=path)
+        if type(module).__name__ != entry["module"]:
+            raise ManifestError(
+                f"{name}: module {path!r} is a {type(module).__name__} in the base but was a "
+                f"{entry['module']!r} when saved", key=path)
+        built: dict[str, list[W.Wrapper]] = {}
+        for side in ("pre", "post"):
+            items = []
+            for i, spec in enumerate(entry[side]):
+                where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}"
+                try:
+                    items.append(W.build_wrapper(spec))
+                except InvalidArgumentError as exc:
+                    raise ManifestError(f"{name}: wrapper {where}: {exc}", key=where) from None
+                except Exception as exc:  # hostile configs must never escape as another error
+                    raise ManifestError(f"{name}: wrapper {where} cannot be built "
+                                        f"({type(exc).__name__}: {exc})", key=where) from None
+            built[side] = items
+        W.install(module, built["pre"], built["post"])
+
+
+def _shared_groups(state: dict[str, torch.Tensor]) -> list[set[str]]:
+    groups: dict[tuple[str, int, int], set[str]] = {}
+    for key, value in state.items():
+        if value.numel():
+            groups.setdefault(_storage_key(value), set()).add(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], strict: bool) -> list[str]:
+    file_keys = header.tensors
+    problems: list[tuple[str, str]] = []
+    tied_ok: set[str] = set()
+    for group in _shared_groups(state):
+        if group & set(file_keys):
+            tied_ok |= group - set(file_keys)
+    aliases = (header.manifest or {}).get("aliases", {})
+    for alias, kept in aliases.items():
+        if alias in state and kept in state and not any({alias, kept} <= g for g in _shared_groups(state)):
+            problems.append((alias, f"the file stores {alias!r} as a tie to {kept!r}, but the base model "
+                                    f"does not share them"))
+    for key, (dtype, shape) in file_keys.items():
+        if key not in state:
+            if strict:
+                problems.append((key, f"unexpected key {key!r}: the file has it, the model does not"))
+            continue
+        want = state[key]
+        if list(want.shape) != shape:
+            problems.append((key, f"shape mismatch for {key!r}: the model expects {list(want.shape)}, "
+                                  f"the file has {shape}"))
+        elif _DTYPE_NAMES.get(want.dtype) != dtype:
+            problems.append((key, f"dtype mismatch for {key!r}: the model expects {want.dtype}, the file has {dtype}"))
+    missing = [k for k in state if k not in file_keys and k not in tied_ok]
+    if strict:
+        problems += [(k, f"missing key {k!r}: the model expects it, the file does not have it") for k in missing]
+    if problems:
+        shown = "; ".join(text for _, text in problems[:5])
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ManifestError(f"{name}: {shown}{more}. Pass the base the file was saved from", key=problems[0][0])
+    return missing
+
+
+def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module], *, strict: bool = True) -> nn.Module:
+    """Rebuild a model saved with :func:`save`.
+
+    ``base`` gives the architecture: a plain (hook-free) model or a zero-argument
+    factory. The manifest's wrappers are put on it, then the tensors are loaded. On a
+    plain safetensors file with no manifest this is ordinary weight loading.
+
+    Args:
+        path: the ``.safetensors`` file.
+        base: an ``nn.Module`` (changed in place) or a factory returning one.
+        strict: refuse missing and unexpected keys (shape and dtype must always match).
+
+    Returns:
+        The model, in the same mode as ``base``.
+
+    Raises:
+        ManifestError: the file is broken or hostile, or does not fit ``base``; the
+            message names the key at fault. ``base`` is left exactly as it was.
+        HookwrapError: the file does not exist, or the factory failed.
+
+    Example:
+        >>> model = hw.load("m.safetensors", base=lambda: torchvision.models.vgg16(weights=None))
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = _read_header(path)
+    name = header.path.name
+    model = _base_module(base)
+    live = forward_hooks(model)
+    if live and header.manifest is not None and header.manifest["wrappers"]:
+        where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
+        raise ManifestError(
+            f"{name}: the base model still has live forward hooks ({where}); the file's wrappers already "
+            f"stand for the converted hooks, and applying them on top would run them twice. Pass a base "
+            f"without hooks, or hw.strip() it first", key=live[0].path or "<root>")
+    touched = [model]
+    if header.manifest is not None:
+        for path in header.manifest["wrappers"]:
+            try:
+                touched.append(model.get_submodule(path))
+            except AttributeError:
+                pass  # inside a wrapper that does not exist yet, or reported below
+    with transaction(model, touched):
+        if header.manifest is not None:
+            _install_from_manifest(model, header.manifest["wrappers"], name)
+        state = model.state_dict()
+        _check_keys(name, header, state, strict)
+        try:
+            tensors = load_file(str(header.path))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ManifestError(f"{name}: reading tensor data failed: {exc}", key="data") from None
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=False)
+        if header.manifest is not None:
+            attach_report(model, header.manifest["_actions"])
+    return model

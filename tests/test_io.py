@@ -1,0 +1,412 @@
+"""hw.save / hw.load / hw.read_manifest: round trips, security, broken files, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from helpers import ROOT, DropoutHook, build, hook_table, small_cnn, state_equal, tied
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+import hookwrap as hw
+from hookwrap import wrappers as W
+from hookwrap.io import manifest_digest
+
+TESTS = str(ROOT / "tests")
+
+FRESH = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    import hookwrap as hw
+    from helpers import build, tied
+    bases = {{"vgg16": lambda: build("vgg16", seed=7), "resnet18": lambda: build("resnet18", seed=7),
+              "tied": lambda: tied(seed=7)}}
+    model = hw.load({path!r}, base=bases[{kind!r}])
+    x = torch.load({xpath!r})
+    with torch.no_grad():
+        torch.manual_seed(0)
+        y = model(x)
+    torch.save({{"y": y, "state": model.state_dict(), "hooks": len(hw.inventory(model))}}, {out!r})
+""")
+
+
+def round_trip_fresh(tmp_path, converted, kind, x):
+    path, xpath, out = tmp_path / f"{kind}.safetensors", tmp_path / "x.pt", tmp_path / "out.pt"
+    hw.save(converted, path)
+    torch.save(x, xpath)
+    code = FRESH.format(tests=TESTS, path=str(path), kind=kind, xpath=str(xpath), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got = torch.load(out)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = converted(x)
+    assert torch.equal(got["y"], expected)
+    assert state_equal(got["state"], converted.state_dict())
+    assert got["hooks"] == 0
+    return path
+
+
+def test_round_trip_seed_vgg16(tmp_path):
+    model = build("vgg16")
+    seed_hook = DropoutHook(0.2)
+    model.apply(seed_hook.register_hook)
+    x = torch.randn(2, 3, 32, 32)
+    converted = hw.convert(model, (x,))
+    path = round_trip_fresh(tmp_path, converted, "vgg16", x)
+    manifest = hw.read_manifest(path)
+    assert manifest["format_version"] == 1 and manifest["torch_version"] == torch.__version__.split("+")[0]
+    assert len(manifest["wrappers"]) == 13
+    assert manifest["wrappers"]["features.0"] == {
+        "module": "Conv2d", "pre": [], "post": [{"type": "Dropout2d", "config": {"p": 0.2, "always": True}}],
+    }
+    assert len(manifest["converted"]) == 13
+    # a normal safetensors file: plain load_file works, keys are exactly the state_dict keys
+    assert sorted(load_file(path)) == sorted(converted.state_dict())
+
+
+def test_round_trip_resnet18_with_pruning_baked(tmp_path):
+    model = build("resnet18")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.3)
+    x = torch.randn(2, 3, 32, 32)
+    converted = hw.convert(model, (x,))
+    path = round_trip_fresh(tmp_path, converted, "resnet18", x)
+    manifest = hw.read_manifest(path)
+    assert len(manifest["baked"]) == 20 and manifest["wrappers"] == {}
+    assert not [k for k in load_file(path) if k.endswith(("_orig", "_mask"))]
+
+
+def test_round_trip_captured_hook_closure(tmp_path):
+    model = build("resnet18")
+    offset = torch.randn(1000)
+
+    def closure(m, a, o):
+        return o * torch.sigmoid(o) + offset
+
+    model.fc.register_forward_hook(closure)
+    x = torch.randn(2, 3, 32, 32)
+    converted = hw.convert(model, (x,))
+    assert type(W.host_wrappers(converted.fc)[1][0]) is W.CapturedHook
+    path = round_trip_fresh(tmp_path, converted, "resnet18", x)
+    keys = sorted(load_file(path))
+    assert "fc.hookwrap_post.0.c0" in keys and keys == sorted(converted.state_dict())
+
+
+def test_round_trip_tied_weights(tmp_path):
+    model = tied()
+    model.mix.register_forward_hook(lambda m, a, o: o * 0.5)
+    ids = torch.randint(0, 50, (3, 7))
+    converted = hw.convert(model, (ids,))
+    path = round_trip_fresh(tmp_path, converted, "tied", ids)
+    assert hw.read_manifest(path)["aliases"] == {"head.weight": "emb.weight"}
+    assert sorted(load_file(path)) == sorted(k for k in converted.state_dict() if k != "head.weight")
+    loaded = hw.load(path, base=lambda: tied(seed=3))
+    assert loaded.head.weight is loaded.emb.weight
+
+
+def test_plain_safetensors_file_loads_as_weights(tmp_path):
+    model = build("resnet18", seed=1)
+    path = tmp_path / "plain.safetensors"
+    save_model(model, str(path))
+    loaded = hw.load(path, base=lambda: build("resnet18", seed=2))
+    assert state_equal(loaded.state_dict(), model.state_dict())
+    with pytest.raises(hw.ManifestError, match="plain safetensors file with no hookwrap manifest"):
+        hw.read_manifest(path)
+
+
+def test_save_refuses_live_hooks_and_reserved_metadata(tmp_path):
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: o * 2)
+    with pytest.raises(hw.HookwrapError, match="still has 1 forward hook.*call hw.convert"):
+        hw.save(model, tmp_path / "m.safetensors")
+    converted = hw.convert(model, (torch.randn(1, 3, 8, 8),))
+    with pytest.raises(hw.InvalidArgumentError, match="reserved"):
+        hw.save(converted, tmp_path / "m.safetensors", metadata={"hookwrap": "x"})
+    assert not list(tmp_path.iterdir())
+    hw.save(converted, tmp_path / "m.safetensors", metadata={"run": "42"})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+    with safe_open(tmp_path / "m.safetensors", "pt") as fh:
+        assert fh.metadata()["run"] == "42"
+
+
+def test_load_refuses_a_base_with_live_hooks(tmp_path):
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: o * 2)
+    path = tmp_path / "m.safetensors"
+    hw.save(hw.convert(model, (torch.randn(1, 3, 8, 8),)), path)
+    base = small_cnn()
+    base[0].register_forward_hook(lambda m, a, o: o * 2)
+    with pytest.raises(hw.ManifestError, match="live forward hooks .*run them twice"):
+        hw.load(path, base=base)
+    with pytest.raises(hw.HookwrapError, match="base factory .* raised ValueError: nope"):
+        hw.load(path, base=lambda: (_ for _ in ()).throw(ValueError("nope")))
+
+
+# ----------------------------------------------------------------------------------------
+# Hostile and broken files
+# ----------------------------------------------------------------------------------------
+
+
+def hooked_small(tmp_path):
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: torch.clamp(o * 1.5, -2, 2))
+    offset = torch.randn(4)
+    model[5].register_forward_hook(lambda m, a, o: o * o.mean() + offset)
+    path = tmp_path / "good.safetensors"
+    converted = hw.convert(model, (torch.randn(2, 3, 10, 10),))
+    hw.save(converted, path)
+    return path
+
+
+def rewrite(src, dst, *, manifest_fn=None, tensors_fn=None, marker=None):
+    tensors = load_file(src)
+    with safe_open(src, "pt") as fh:
+        meta = dict(fh.metadata())
+    manifest = json.loads(meta["hookwrap"])
+    if tensors_fn:
+        tensors_fn(tensors, manifest)
+    if manifest_fn:
+        manifest_fn(manifest)
+    meta["hookwrap"] = json.dumps(manifest)
+    meta["hookwrap.digest"] = manifest_digest(meta["hookwrap"])  # a careful attacker recomputes it
+    if marker is not None:
+        meta["hookwrap.format"] = marker
+    save_file(tensors, dst, metadata=meta)
+    return dst
+
+
+def assert_refused(path, key, *, base=None, error=hw.HookwrapError):
+    base = base if base is not None else small_cnn(seed=9)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    table = hook_table(base)
+    with pytest.raises(error) as info:
+        hw.load(path, base=base)
+    assert key in str(info.value), str(info.value)
+    assert state_equal(base.state_dict(), state)
+    assert hook_table(base) == table and not any(W.is_host(m) for m in base.modules())
+    return info.value
+
+
+@pytest.mark.parametrize("wrapper_type", ["os.system", "builtins.eval", "subprocess.Popen", "hookwrap_canary_mod.Evil"])
+def test_manifest_naming_importable_objects_is_refused_without_import(tmp_path, monkeypatch, wrapper_type):
+    marker = tmp_path / "imported"
+    (tmp_path / "hookwrap_canary_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\nclass Evil:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = hooked_small(tmp_path)
+
+    def evil(manifest):
+        manifest["wrappers"]["0"]["post"][0] = {"type": wrapper_type, "config": {"command": "echo pwned"}}
+
+    bad = rewrite(good, tmp_path / "bad.safetensors", manifest_fn=evil)
+    err = assert_refused(bad, "0.hookwrap_post.0", error=hw.ManifestError)
+    assert "unknown wrapper type" in str(err) and wrapper_type in str(err)
+    assert "hookwrap_canary_mod" not in sys.modules and not marker.exists()
+
+
+@pytest.mark.parametrize("corrupt", ["op", "ref", "shape", "truncate"])
+def test_corrupt_captured_graph_is_refused(tmp_path, corrupt):
+    good = hooked_small(tmp_path)
+
+    def mutate(manifest):
+        graph = manifest["wrappers"]["5"]["post"][0]["config"]["graph"]
+        if corrupt == "op":
+            graph["nodes"][0]["op"] = "os.system"
+        elif corrupt == "ref":
+            graph["nodes"][0]["args"][0] = {"n": 999}
+        elif corrupt == "shape":
+            graph["inputs"] = 17
+        else:
+            graph["nodes"] = graph["nodes"][:1]
+            graph["outputs"] = [{"n": 40}]
+
+    bad = rewrite(good, tmp_path / "bad.safetensors", manifest_fn=mutate)
+    assert_refused(bad, "5.hookwrap_post.0", error=hw.ManifestError)
+
+
+def test_wrong_format_version_and_unknown_wrapper_type(tmp_path):
+    good = hooked_small(tmp_path)
+    v2 = rewrite(good, tmp_path / "v2.safetensors", manifest_fn=lambda m: m.update(format_version=2), marker="2")
+    err = assert_refused(v2, "format_version", error=hw.ManifestError)
+    assert "format_version 2 is not supported" in str(err)
+
+    def unknown(manifest):
+        manifest["wrappers"]["0"]["post"][0]["type"] = "TeleportDropout"
+
+    bad = rewrite(good, tmp_path / "u.safetensors", manifest_fn=unknown)
+    assert "TeleportDropout" in str(assert_refused(bad, "0.hookwrap_post.0", error=hw.ManifestError))
+
+    def tampered(manifest):
+        manifest["wrappers"]["0"]["post"][0]["config"]["items"][0]["config"]["factor"] = 9.0
+
+    tampered_path = rewrite(good, tmp_path / "t.safetensors", manifest_fn=tampered)
+    raw = bytearray(tampered_path.read_bytes())
+    # undo the digest fix-up: flip one digit of the stored factor back by editing bytes
+    text = raw.replace(b"9.0", b"8.0", 1)
+    (tmp_path / "t2.safetensors").write_bytes(bytes(text))
+    assert_refused(tmp_path / "t2.safetensors", "hookwrap", error=hw.ManifestError)
+
+
+def test_shape_mismatch_missing_and_unexpected_keys(tmp_path):
+    good = hooked_small(tmp_path)
+
+    wider = small_cnn()
+    wider[5] = nn.Linear(8, 6)
+    err = assert_refused(good, "5.weight", base=wider, error=hw.ManifestError)
+    assert "shape mismatch" in str(err) and "[6, 8]" in str(err) and "[4, 8]" in str(err)
+
+    def drop(tensors, manifest):
+        del tensors["2.bias"]
+        del manifest["tensors"]["2.bias"]
+
+    missing = rewrite(good, tmp_path / "missing.safetensors", tensors_fn=drop)
+    assert "missing key '2.bias'" in str(assert_refused(missing, "2.bias", error=hw.ManifestError))
+
+    def add(tensors, manifest):
+        tensors["9.weight"] = torch.zeros(3)
+        manifest["tensors"]["9.weight"] = ["F32", [3]]
+
+    extra = rewrite(good, tmp_path / "extra.safetensors", tensors_fn=add)
+    assert "unexpected key '9.weight'" in str(assert_refused(extra, "9.weight", error=hw.ManifestError))
+    # strict=False tolerates the extra key
+    assert isinstance(hw.load(extra, base=small_cnn(), strict=False), nn.Sequential)
+
+
+def header_entries(raw: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, key) byte spans of each top-level header entry, from the original file."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    text = raw[8:8 + n].decode("utf-8")
+    decoder = json.JSONDecoder()
+    spans, pos = [], 1
+    while text[pos] != "}":
+        key, after_key = decoder.raw_decode(text, pos)
+        _, end = decoder.raw_decode(text, after_key + 1)
+        spans.append((8 + pos, 8 + end, key))
+        pos = end + 1 if text[end] == "," else end
+    return spans
+
+
+def test_truncated_files(tmp_path):
+    good = hooked_small(tmp_path)
+    raw = good.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__")
+    spans = sorted((v["data_offsets"][0], v["data_offsets"][1], k) for k, v in header.items())
+    data_start = 8 + n
+    offsets = [0, 5, 8, 8 + n // 3, 8 + n - 1, data_start, data_start + 10,
+               data_start + spans[len(spans) // 2][0] + 2, len(raw) - 100, len(raw) - 1]
+    assert len(set(offsets)) == 10
+    for cut in offsets:
+        path = tmp_path / f"cut{cut}.safetensors"
+        path.write_bytes(raw[:cut])
+        if cut < data_start:
+            expected = "header"  # the header itself is cut
+            with pytest.raises(hw.ManifestError) as info:
+                hw.load(path, base=small_cnn())
+            assert "header" in str(info.value) or "entry" in str(info.value), (cut, str(info.value))
+            continue
+        first_cut = next(k for b, e, k in spans if data_start + e > cut)
+        expected = first_cut
+        assert_refused(path, expected, error=hw.ManifestError)
+
+
+def test_bit_flips_in_the_header(tmp_path):
+    good = hooked_small(tmp_path)
+    raw = good.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    entries = header_entries(raw)
+    rng = random.Random(0)
+    positions = sorted(rng.sample(range(8 + n), 60)) + [0, 3, 7]
+    for pos in positions:
+        flipped = bytearray(raw)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        path = tmp_path / "flip.safetensors"
+        path.write_bytes(bytes(flipped))
+        base = small_cnn(seed=9)
+        state = {k: v.clone() for k, v in base.state_dict().items()}
+        with pytest.raises(hw.HookwrapError) as info:
+            hw.load(path, base=base)
+        message = str(info.value)
+        assert state_equal(base.state_dict(), state) and not any(W.is_host(m) for m in base.modules())
+        if pos < 8:
+            assert "header" in message, (pos, message)
+            continue
+        entry = next((key for start, end, key in entries if start <= pos < end), None)
+        if entry is None:  # padding or structure between entries
+            assert "header" in message, (pos, message)
+        elif entry == "__metadata__":
+            assert any(k in message for k in ("__metadata__", "hookwrap", "format", "metadata")), (pos, message)
+        else:
+            assert entry in message or "header" in message or entry.split(".")[0] in message, (pos, entry, message)
+
+
+# ----------------------------------------------------------------------------------------
+# Crash safety
+# ----------------------------------------------------------------------------------------
+
+SAVER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from torch import nn
+    import hookwrap as hw
+    torch.manual_seed(1)
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])
+    model[0].register_forward_hook(lambda m, a, o: o * 2.0)
+    model = hw.convert(model, (torch.randn(2, 1024),))
+    print("ready", flush=True)
+    while True:
+        hw.save(model, {target!r})
+""")
+
+
+def big_model(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)])
+    model[0].register_forward_hook(lambda m, a, o: o * 2.0)
+    return hw.convert(model, (torch.randn(2, 1024),))
+
+
+def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
+    target = tmp_path / "model.safetensors"
+    old, new = big_model(0), big_model(1)
+    old_state, new_state = old.state_dict(), new.state_dict()
+    rng = random.Random(1234)
+    outcomes = {"old": 0, "new": 0}
+    mid_save = 0
+    for attempt in range(24):
+        hw.save(old, target)
+        proc = subprocess.Popen([sys.executable, "-c", SAVER.format(tests=TESTS, target=str(target))],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.6))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        leftovers = [p for p in tmp_path.iterdir() if p.name != target.name]
+        mid_save += bool(leftovers)
+        for p in leftovers:
+            p.unlink()
+        loaded = hw.load(target, base=lambda: nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)]))
+        state = loaded.state_dict()
+        if state_equal(state, old_state):
+            outcomes["old"] += 1
+        else:
+            assert state_equal(state, new_state), f"attempt {attempt}: the target is neither file"
+            outcomes["new"] += 1
+    assert outcomes["old"] + outcomes["new"] == 24
+    assert mid_save >= 3, f"only {mid_save} kills landed mid-save; the test did not exercise the hazard"
+    assert outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
