@@ -22,6 +22,11 @@ _EXPORTS = {
     "HookHandle": "hooks",
     "convert": "convert",
     "strip": "strip",
+    "export_onnx": "export",
+    "ExportResult": "export",
+    "check_parity": "parity",
+    "assert_parity": "parity",
+    "ParityReport": "parity",
     "save": "io",
     "load": "io",
     "read_manifest": "io",
@@ -80,9 +85,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         ParityError,
         UnconvertibleHookError,
     )
+    from .export import ExportResult, export_onnx
     from .hooks import HookHandle, attach
     from .inventory import HookInfo, Inventory, inventory
     from .io import load, read_manifest, save
+    from .parity import ParityReport, assert_parity, check_parity
     from .registry import register_converter
     from .report import ConversionReport, conversion_report
     from .strip import strip, stripped

@@ -126,8 +126,12 @@ def transaction(model: nn.Module, modules: list[nn.Module] | None = None) -> Ite
         raise
 
 
-def deepcopy_model(model: nn.Module, what: str) -> nn.Module:
+def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) -> nn.Module:
     """``copy.deepcopy(model)`` that also copes with weight-transform hooks.
+
+    With ``share_tensors=True`` the copy's modules, hooks and attributes are new but its
+    parameters and buffers are the original tensor objects: a cheap copy for work that
+    changes the model's structure but never its weights.
 
     Pruning, ``weight_norm`` and ``spectral_norm`` leave a computed, non-leaf tensor as a
     plain attribute (``module.weight``), which ``copy.deepcopy`` refuses
@@ -140,6 +144,9 @@ def deepcopy_model(model: nn.Module, what: str) -> nn.Module:
     from .errors import HookwrapError
 
     memo: dict[int, Any] = {}
+    if share_tensors:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            memo[id(tensor)] = tensor
     for mod in model.modules():
         for value in mod.__dict__.values():
             if isinstance(value, torch.Tensor) and not value.is_leaf and id(value) not in memo:

@@ -34,7 +34,7 @@ from .registry import find_converter
 from .report import Action, attach_report
 from .strip import bake_hook, remove_hook
 
-__all__ = ["convert", "check_example_inputs"]
+__all__ = ["convert", "convert_in_place", "check_example_inputs"]
 
 _NOT_HOSTS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
@@ -262,6 +262,11 @@ def convert(model: nn.Module, example_inputs: Sequence[Any] | None = None, *, in
         raise InvalidArgumentError(f"convert needs an nn.Module, got {type(model).__name__}")
     example = check_example_inputs(example_inputs)
     target = model if inplace else deepcopy_model(model, "convert")
+    return convert_in_place(target, example)
+
+
+def convert_in_place(target: nn.Module, example: tuple | None) -> nn.Module:
+    """The work of :func:`convert` on ``target`` itself (transactional)."""
     plan = _plan(target, example)
     if plan.blockers:
         raise UnconvertibleHookError(plan.blockers)

@@ -54,7 +54,7 @@ from .inventory import forward_hooks
 from .registry import wrapper_type
 from .report import Action, ConversionReport, attach_report, conversion_report
 
-__all__ = ["save", "load", "read_manifest", "manifest_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
+__all__ = ["save", "load", "load_weights", "read_manifest", "manifest_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "hookwrap"
@@ -564,4 +564,39 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
             model.load_state_dict(tensors, strict=False)
         if header.manifest is not None:
             attach_report(model, header.manifest["_actions"])
+    return model
+
+
+def _wrapper_owned(key: str) -> bool:
+    parts = key.split(".")
+    return W.PRE in parts or W.POST in parts
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> nn.Module:
+    """Load a file's tensors into ``model`` as a plain state dict, hooks left as they are.
+
+    This is how a parity reference (the original, hooked model) gets the weights of a
+    saved conversion: conversion keeps ``state_dict`` keys, so they match. Tensors owned
+    by wrappers (``*.hookwrap_pre.*``, ``*.hookwrap_post.*``) are ignored and the
+    manifest's wrappers are never applied.
+
+    Raises:
+        ManifestError: the file is broken or its keys, shapes or dtypes do not fit;
+            ``model`` is left unchanged.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = _read_header(path)
+    name = header.path.name
+    plain = _Header(header.path, {k: v for k, v in header.tensors.items() if not _wrapper_owned(k)},
+                    header.metadata, header.manifest)
+    state = model.state_dict()
+    _check_keys(name, plain, state, strict)
+    try:
+        tensors = load_file(str(header.path))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ManifestError(f"{name}: reading tensor data failed: {exc}", key="data") from None
+    with torch.no_grad():
+        model.load_state_dict({k: v for k, v in tensors.items() if k in plain.tensors}, strict=False)
     return model

@@ -155,13 +155,53 @@ class _DropoutMixin:
         return f"p={self.p}, always={self.always}"
 
 
-def _dropout_type(name: str, base: type[nn.Module], fn: Callable[..., Tensor], doc: str) -> type[Wrapper]:
+# --------------------------------------------------------------------------------------
+# Random operators that survive ONNX export.
+#
+# The dynamo exporter turns ``F.dropout(x, p, True)`` into an ONNX ``Dropout`` node with
+# ``training_mode=True``, which onnxruntime's inference build runs as the identity: the
+# exported model silently loses its randomness. While exporting to ONNX, hookwrap's
+# stochastic wrappers therefore draw their masks with ``rand_like`` (ONNX
+# ``RandomUniformLike``), which keeps the same distribution. Eager runs keep using the
+# functional ops, so they stay bit-identical to the hooks they replace.
+# --------------------------------------------------------------------------------------
+
+_ALPHA = 1.7580993408473766  # SELU's alpha * scale, as in ATen's alpha dropout
+
+
+def _noise_like(x: Tensor, spatial: int | None) -> Tensor:
+    """A tensor shaped like the dropout mask: ``x`` itself, or one value per channel."""
+    if spatial is None:
+        return x
+    keep = 2 if x.dim() == spatial + 2 else 1  # batched (N, C, ...) or unbatched (C, ...)
+    index = (slice(None),) * keep + (slice(0, 1),) * (x.dim() - keep)
+    return x[index]
+
+
+def onnx_dropout(x: Tensor, p: float, *, spatial: int | None = None, alpha: bool = False) -> Tensor:
+    """Dropout written with ``rand_like`` so that it exports to ONNX random operators."""
+    if p == 0.0:
+        return x
+    if p == 1.0 and not alpha:
+        return x * 0.0
+    keep = (torch.rand_like(_noise_like(x, spatial)) >= p).to(x.dtype)
+    if not alpha:
+        return x * keep / (1.0 - p)
+    a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1.0) * (1.0 - p))
+    return x * (keep * a) + ((keep - 1.0) * (_ALPHA * a) + _ALPHA * a * p)
+
+
+def _dropout_type(name: str, base: type[nn.Module], fn: Callable[..., Tensor], doc: str,
+                  spatial: int | None = None, alpha: bool = False) -> type[Wrapper]:
     def __init__(self: Any, p: float = 0.5, always: bool = False) -> None:
         base.__init__(self, _check_p(p))
         self.always = _check_bool("always", always)
 
     def _run(self: Any, x: Tensor, training: bool) -> Tensor:
-        return fn(x, self.p, training or self.always, False)
+        on = training or self.always
+        if on and torch.onnx.is_in_onnx_export():
+            return onnx_dropout(x, self.p, spatial=spatial, alpha=alpha)
+        return fn(x, self.p, on, False)
 
     cls = type(name, (_DropoutMixin, Wrapper, base), {
         "__init__": __init__, "_run": _run, "kind": name, "__doc__": doc, "__module__": __name__,
@@ -175,15 +215,16 @@ _DOC = (
     "calling ``F.{fn}(out, p, True, False)``. It is still an ``nn.{base}``.\n"
 )
 Dropout = _dropout_type("Dropout", nn.Dropout, F.dropout, _DOC.format(base="Dropout", fn="dropout"))
-Dropout1d = _dropout_type("Dropout1d", nn.Dropout1d, F.dropout1d, _DOC.format(base="Dropout1d", fn="dropout1d"))
-Dropout2d = _dropout_type("Dropout2d", nn.Dropout2d, F.dropout2d, _DOC.format(base="Dropout2d", fn="dropout2d"))
-Dropout3d = _dropout_type("Dropout3d", nn.Dropout3d, F.dropout3d, _DOC.format(base="Dropout3d", fn="dropout3d"))
+Dropout1d = _dropout_type("Dropout1d", nn.Dropout1d, F.dropout1d, _DOC.format(base="Dropout1d", fn="dropout1d"), 1)
+Dropout2d = _dropout_type("Dropout2d", nn.Dropout2d, F.dropout2d, _DOC.format(base="Dropout2d", fn="dropout2d"), 2)
+Dropout3d = _dropout_type("Dropout3d", nn.Dropout3d, F.dropout3d, _DOC.format(base="Dropout3d", fn="dropout3d"), 3)
 AlphaDropout = _dropout_type(
-    "AlphaDropout", nn.AlphaDropout, F.alpha_dropout, _DOC.format(base="AlphaDropout", fn="alpha_dropout")
+    "AlphaDropout", nn.AlphaDropout, F.alpha_dropout, _DOC.format(base="AlphaDropout", fn="alpha_dropout"),
+    alpha=True,
 )
 FeatureAlphaDropout = _dropout_type(
     "FeatureAlphaDropout", nn.FeatureAlphaDropout, F.feature_alpha_dropout,
-    _DOC.format(base="FeatureAlphaDropout", fn="feature_alpha_dropout"),
+    _DOC.format(base="FeatureAlphaDropout", fn="feature_alpha_dropout"), 2, alpha=True,
 )
 
 
@@ -533,7 +574,27 @@ class CapturedHook(Wrapper):
         return f"{self.name or 'hook'}, {self.position}, {ops} op(s)"
 
     def forward(self, *tensors: Tensor) -> Any:  # type: ignore[override]
-        return self._gm(*tensors, *self._constants())
+        gm = self._gm
+        if torch.onnx.is_in_onnx_export():
+            gm = self.__dict__.get("_gm_onnx") or self._onnx_graph()
+        return gm(*tensors, *self._constants())
+
+    def _onnx_graph(self) -> Any:
+        """The graph with its random dropout ops rewritten to ``rand_like`` masks, so they
+        survive ONNX export (see :func:`onnx_dropout`)."""
+        import copy as _copy
+
+        from torch import fx
+
+        gm = _copy.deepcopy(self._gm)
+        for node in gm.graph.nodes:
+            rewrite = _ONNX_DROPOUTS.get(node.target) if node.op == "call_function" else None
+            if rewrite is not None:
+                node.target = rewrite
+        gm.recompile()
+        assert isinstance(gm, fx.GraphModule)
+        object.__setattr__(self, "_gm_onnx", gm)
+        return gm
 
     def _call(self, host: nn.Module, tree: Any) -> Any:
         from torch.utils import _pytree
@@ -562,7 +623,7 @@ class CapturedHook(Wrapper):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state = {k: v for k, v in state.items() if k not in ("_gm", "_in_spec", "_out_spec")}
+        state = {k: v for k, v in state.items() if k not in ("_gm", "_gm_onnx", "_in_spec", "_out_spec")}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -574,6 +635,25 @@ class CapturedHook(Wrapper):
         object.__setattr__(self, "_gm", decode(self._graph_json))
         self._in_spec = _pytree.treespec_loads(self._in_spec_str)
         self._out_spec = _pytree.treespec_loads(self._out_spec_str)
+
+
+def _aten_dropout(spatial: int | None, alpha: bool) -> Callable[..., Tensor]:
+    def run(x: Tensor, p: float, train: bool) -> Tensor:
+        return onnx_dropout(x, p, spatial=spatial, alpha=alpha) if train else x
+
+    return run
+
+
+def _feature_spatial(x: Tensor, p: float, train: bool, alpha: bool) -> Tensor:
+    return onnx_dropout(x, p, spatial=max(x.dim() - 2, 1), alpha=alpha) if train else x
+
+
+_ONNX_DROPOUTS: dict[Any, Callable[..., Tensor]] = {
+    torch.ops.aten.dropout.default: _aten_dropout(None, False),
+    torch.ops.aten.alpha_dropout.default: _aten_dropout(None, True),
+    torch.ops.aten.feature_dropout.default: lambda x, p, train: _feature_spatial(x, p, train, False),
+    torch.ops.aten.feature_alpha_dropout.default: lambda x, p, train: _feature_spatial(x, p, train, True),
+}
 
 
 def _host_tensor(host: nn.Module, name: str) -> Tensor:

@@ -1,0 +1,344 @@
+"""``export_onnx``: convert (a copy), export to ONNX, check, and describe the result."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree
+
+from ._txn import deepcopy_model
+from .convert import check_example_inputs, convert, convert_in_place
+from .errors import ExportError, HookwrapError, InvalidArgumentError
+from .inventory import forward_hooks
+from .report import ConversionReport, conversion_report
+
+__all__ = ["export_onnx", "ExportResult", "RANDOM_OPS", "random_ops_of"]
+
+# ONNX operators whose results are random.
+RANDOM_OPS = frozenset({
+    "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Multinomial",
+})
+TWO_GB = 2 * 1024**3
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and what the graph holds."""
+
+    path: Path
+    exporter: str
+    opset: int
+    node_counts: dict[str, int]
+    random_ops: dict[str, int]
+    files: list[Path]
+    external_data: bool
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_batch: bool
+    converted: bool
+    seconds: float
+    report: ConversionReport | None = field(default=None, repr=False)
+
+    @property
+    def nodes(self) -> int:
+        return sum(self.node_counts.values())
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.random_ops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "exporter": self.exporter, "opset": self.opset,
+            "nodes": self.nodes, "node_counts": dict(sorted(self.node_counts.items())),
+            "random_ops": dict(self.random_ops), "files": [str(f) for f in self.files],
+            "bytes": sum(f.stat().st_size for f in self.files if f.exists()),
+            "external_data": self.external_data, "inputs": self.input_names, "outputs": self.output_names,
+            "dynamic_batch": self.dynamic_batch, "converted": self.converted, "seconds": round(self.seconds, 3),
+        }
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _all_nodes(model: Any) -> Iterator[Any]:
+    for graph in _graphs(model.graph):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def _constant_bool(model: Any, name: str) -> bool | None:
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name and init.ByteSize() < 64:
+            return bool(numpy_helper.to_array(init).reshape(-1)[0])
+    for node in model.graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return bool(numpy_helper.to_array(attr.t).reshape(-1)[0])
+    return None
+
+
+def random_ops_of(model: Any) -> dict[str, int]:
+    """Counts of random operators in an ``onnx.ModelProto``.
+
+    ``Dropout`` nodes whose ``training_mode`` input is not constant-false are counted
+    too: they are meant to be random, although onnxruntime's inference build runs them
+    as the identity; check_parity notes them.
+    """
+    counts: Counter[str] = Counter()
+    for node in _all_nodes(model):
+        if node.op_type in RANDOM_OPS:
+            counts[node.op_type] += 1
+        elif node.op_type == "Dropout" and len(node.input) >= 3 and node.input[2] \
+                and _constant_bool(model, node.input[2]) is not False:
+            counts["Dropout"] += 1
+    return dict(counts)
+
+
+# Graph facts of files this process exported, keyed by file identity, so that
+# check_parity does not have to parse a large file again to find its random operators.
+_GRAPH_INFO: dict[tuple[str, int, int, int], dict[str, int]] = {}
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_graph_info(path: Path, random: dict[str, int]) -> None:
+    with contextlib.suppress(OSError):
+        _GRAPH_INFO[_identity(path)] = dict(random)
+
+
+def graph_random_ops(path: str | os.PathLike[str]) -> dict[str, int]:
+    """The random operators of an ONNX file (cached for files this process exported)."""
+    import onnx
+
+    p = Path(path)
+    cached = _GRAPH_INFO.get(_identity(p))
+    if cached is not None:
+        return dict(cached)
+    return random_ops_of(onnx.load(str(p), load_external_data=False))
+
+
+def _forward_names(model: nn.Module, n: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in params[:n]]
+    except (TypeError, ValueError):
+        names = []
+    return names + [f"input_{i}" for i in range(len(names), n)]
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch: bool,
+                   opset: int | None) -> tuple[Any, list[str]]:
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1)
+        dynamic_shapes = tuple(
+            _pytree.tree_map(lambda v: {0: batch} if isinstance(v, Tensor) and v.dim() >= 1 else None, arg)
+            for arg in example
+        )
+    with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, example, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+            verbose=False, optimize=True,
+        )
+        if program is None:  # pragma: no cover - defensive
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(tmp))
+    return _structure(program), [v.name for v in program.model.graph.inputs]
+
+
+def _structure(program: Any) -> Any:
+    """The exported graph as an ``onnx.ModelProto`` without weight bytes: initializers are
+    declared as inputs (name, type, shape), so ``onnx.checker`` validates every node and
+    type without copying or re-reading the weights."""
+    from onnx_ir import serde
+
+    graph = program.model.graph
+    initializers = dict(graph.initializers)
+    inputs = list(graph.inputs)
+    graph.initializers.clear()
+    graph.inputs.extend(initializers.values())
+    try:
+        return serde.serialize_model(program.model)
+    finally:
+        graph.inputs.clear()
+        graph.inputs.extend(inputs)
+        graph.initializers.update(initializers)
+
+
+def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch: bool,
+                   opset: int | None) -> tuple[Any, list[str]]:
+    leaves = [v for v in _pytree.tree_leaves(example) if isinstance(v, Tensor)]
+    names = _forward_names(model, len(leaves))
+    with torch.no_grad():
+        probe = model(*example)
+    n_out = len([v for v in _pytree.tree_leaves(probe) if isinstance(v, Tensor)])
+    out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    axes = None
+    if dynamic_batch:
+        axes = {name: {0: "batch"} for name, t in zip(names, leaves) if t.dim() >= 1}
+        axes.update({name: {0: "batch"} for name in out_names})
+    with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, example, str(tmp), dynamo=False, opset_version=opset or 17, input_names=names,
+            output_names=out_names, dynamic_axes=axes, do_constant_folding=True,
+        )
+    import onnx
+
+    proto = onnx.load(str(tmp), load_external_data=False)
+    weights = {i.name for i in proto.graph.initializer}
+    return proto, [i.name for i in proto.graph.input if i.name not in weights]
+
+
+def _explain(exc: BaseException, exporter: str) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0][:400] if text else type(exc).__name__
+    if exporter == "legacy" and "training mode" in text:
+        return (f"the legacy exporter cannot export dropout that stays on in eval mode ({first}); "
+                f"use exporter='dynamo', which exports it with random operators")
+    other = "legacy" if exporter == "dynamo" else "dynamo"
+    return f"the {exporter} exporter failed ({first}); exporter='{other}' may support this model"
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    exporter: Literal["dynamo", "legacy"] = "dynamo",
+) -> ExportResult:
+    """Export a model, hooks and all, to ONNX.
+
+    A model that still has forward hooks is converted first (a copy; the model you pass
+    keeps its hooks). The export runs in eval mode. The result is checked with
+    ``onnx.checker``; weights go to an external ``.data`` file when the model is over
+    2 GB. Files appear at ``path`` only once complete.
+
+    Args:
+        model: the model (hooked or already converted).
+        example_inputs: a tuple of positional inputs.
+        path: the ``.onnx`` file to write.
+        dynamic_batch: make the first dimension of every input and output dynamic.
+        opset: the ONNX opset; the exporter's default if ``None``.
+        exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``) or ``"legacy"``.
+
+    Returns:
+        An :class:`ExportResult`: opset, node counts per op type, random ops, files.
+
+    Raises:
+        InvalidArgumentError: bad arguments.
+        UnconvertibleHookError: a hook cannot be converted.
+        ExportError: the exporter or ``onnx.checker`` failed; the message says which
+            and suggests the other exporter where that may help.
+
+    Example:
+        >>> result = hw.export_onnx(hooked_vgg, (torch.randn(1, 3, 224, 224),), "vgg.onnx", dynamic_batch=True)
+        >>> result.random_ops
+        {'RandomUniformLike': 13}
+    """
+    import onnx
+
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"export_onnx needs an nn.Module, got {type(model).__name__}")
+    example = check_example_inputs(example_inputs)
+    if not example:
+        raise InvalidArgumentError("export_onnx needs example_inputs: a tuple of positional inputs")
+    if exporter not in ("dynamo", "legacy"):
+        raise InvalidArgumentError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 30):
+        raise InvalidArgumentError(f"opset must be an ONNX opset number, got {opset!r}")
+    target = Path(path)
+    if target.suffix != ".onnx":
+        raise InvalidArgumentError(f"path must end with .onnx, got {str(target)!r}")
+    if not target.parent.exists():
+        raise InvalidArgumentError(f"folder {str(target.parent)!r} does not exist")
+    start = time.perf_counter()
+    hooks = forward_hooks(model)
+    converted = bool(hooks)
+    if not converted:
+        subject = model
+    elif any(h.plan == "bake" for h in hooks):
+        subject = convert(model, example)  # baking changes weights: a full copy
+    else:
+        # A copy whose modules and hooks are new but whose weights are shared, read-only.
+        subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
+    report = conversion_report(subject)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.hookwrap-tmp-", dir=target.parent))
+    try:
+        tmp = tmpdir / target.name
+        with _eval(subject):
+            try:
+                if exporter == "dynamo":
+                    proto, inputs = _dynamo_export(subject, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
+                else:
+                    proto, inputs = _legacy_export(subject, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
+            except HookwrapError:
+                raise
+            except Exception as exc:
+                raise ExportError(_explain(exc, exporter)) from exc
+        try:
+            onnx.checker.check_model(proto if exporter == "dynamo" else str(tmp), full_check=False)
+        except Exception as exc:
+            raise ExportError(f"onnx.checker rejected the exported model: {exc}") from exc
+        written = sorted(tmpdir.iterdir(), key=lambda p: (p.name == target.name, p.name))
+        files: list[Path] = []
+        for item in written:  # data files first, the .onnx last: it names them
+            dest = target.parent / item.name
+            os.replace(item, dest)
+            files.append(dest)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    counts = Counter(node.op_type for node in _all_nodes(proto))
+    opset_version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    random = random_ops_of(proto)
+    remember_graph_info(target, random)
+    return ExportResult(
+        path=target, exporter=exporter, opset=opset_version, node_counts=dict(counts),
+        random_ops=random, files=files, external_data=len(files) > 1,
+        input_names=inputs,
+        output_names=[o.name for o in proto.graph.output], dynamic_batch=dynamic_batch,
+        converted=converted, seconds=time.perf_counter() - start, report=report,
+    )

@@ -1,0 +1,89 @@
+"""hw.export_onnx: conversion of a copy, both exporters, dynamic batch, external data."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import DropoutHook, build, hook_table
+from torch import nn
+
+import hookwrap as hw
+
+
+def test_export_converts_a_copy_and_describes_the_graph(tmp_path):
+    model = build("resnet18")
+    model.fc.register_forward_hook(lambda m, a, o: o * 0.5)
+    table = hook_table(model)
+    x = torch.randn(2, 3, 64, 64)
+    result = hw.export_onnx(model, (x,), tmp_path / "r.onnx", dynamic_batch=True)
+    assert hook_table(model) == table  # the model keeps its hooks
+    assert result.converted and result.exporter == "dynamo" and result.opset >= 18
+    assert result.node_counts["Conv"] == 20 and result.random_ops == {}
+    assert result.files == [tmp_path / "r.onnx"] and not result.external_data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx"]
+    proto = onnx.load(str(tmp_path / "r.onnx"))
+    assert result.nodes == len(proto.graph.node)
+    assert result.input_names == [i.name for i in proto.graph.input]
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    x5 = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x5).numpy()
+    got = session.run(None, {result.input_names[0]: x5.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    assert result.to_dict()["bytes"] == (tmp_path / "r.onnx").stat().st_size
+
+
+def test_legacy_exporter_and_its_limits(tmp_path):
+    model = build("mobilenet_v3_small")
+    model.classifier[0].register_forward_hook(lambda m, a, o: torch.clamp(o, -2.0, 2.0))
+    x = torch.randn(1, 3, 64, 64)
+    result = hw.export_onnx(model, (x,), tmp_path / "m.onnx", exporter="legacy", dynamic_batch=True)
+    assert result.exporter == "legacy" and result.opset == 17 and result.node_counts.get("Clip", 0) >= 1
+    assert hw.check_parity(model, tmp_path / "m.onnx", (x,))
+
+    # vgg16's adaptive pooling at 64x64 (2x2 -> 7x7) is beyond the legacy exporter
+    vgg = build("vgg16")
+    vgg.features[0].register_forward_hook(hw.hooks.Scale(0.5))
+    with pytest.raises(hw.ExportError, match="legacy exporter failed .*adaptive_avg_pool2d.*exporter='dynamo'"):
+        hw.export_onnx(vgg, (torch.randn(1, 3, 64, 64),), tmp_path / "v.onnx", exporter="legacy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing half-written
+
+
+def test_random_ops_are_reported(tmp_path):
+    model = build("vgg16")
+    model.apply(DropoutHook(0.2).register_hook)
+    result = hw.export_onnx(model, (torch.randn(1, 3, 32, 32),), tmp_path / "v.onnx")
+    assert result.random_ops == {"RandomUniformLike": 13}
+    assert result.stochastic
+
+
+def test_bad_arguments(tmp_path):
+    model = build("resnet18")
+    x = (torch.randn(1, 3, 32, 32),)
+    with pytest.raises(hw.InvalidArgumentError, match="exporter must be"):
+        hw.export_onnx(model, x, tmp_path / "a.onnx", exporter="tflite")
+    with pytest.raises(hw.InvalidArgumentError, match="must end with .onnx"):
+        hw.export_onnx(model, x, tmp_path / "a.pb")
+    with pytest.raises(hw.InvalidArgumentError, match="does not exist"):
+        hw.export_onnx(model, x, tmp_path / "missing" / "a.onnx")
+    with pytest.raises(hw.InvalidArgumentError, match="tuple of positional inputs"):
+        hw.export_onnx(model, x[0], tmp_path / "a.onnx")
+
+
+def test_large_model_uses_external_data_and_passes_parity(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(34)]).eval()  # 2.28 GB of float32
+    assert sum(p.numel() * 4 for p in model.parameters()) > 2.2e9
+    for layer in list(model)[::5]:
+        layer.register_forward_hook(lambda m, a, o: torch.relu(o) * 0.5)
+    x = torch.randn(2, 4096)
+    result = hw.export_onnx(model, (x,), tmp_path / "big.onnx", dynamic_batch=True)
+    assert result.external_data and sorted(f.name for f in result.files) == ["big.onnx", "big.onnx.data"]
+    assert (tmp_path / "big.onnx").stat().st_size < 10_000_000
+    assert (tmp_path / "big.onnx.data").stat().st_size > 2.2e9
+    report = hw.check_parity(model, tmp_path / "big.onnx", (x,))
+    assert report, report.summary()
+    assert report.inputs[-1]["shapes"] == [[4, 4096]]  # another batch size, since the batch is dynamic
