@@ -13,11 +13,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# The seed article through the command line: inventory, conversion report, files, parity.
+SEED := examples/seed_dropout.py:build
 demo: install
-	$(PY) examples/seed_dropout.py
+	$(VENV)/bin/hookwrap inspect $(SEED)
+	$(VENV)/bin/hookwrap convert $(SEED) -o out/seed.safetensors
+	$(VENV)/bin/hookwrap export $(SEED) -o out/seed.onnx --dynamic-batch --check
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PY) benchmarks/run_all.py
@@ -27,4 +31,4 @@ lint: install
 	$(PY) -m mypy hookwrap
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,27 +1,358 @@
-"""The ``hookwrap`` command line."""
+"""The ``hookwrap`` command line.
+
+``SPEC`` is ``package.module:factory`` or ``path/to/file.py:factory``; the factory takes
+no arguments and returns a model, or a pair ``(model, example_inputs)``.
+
+Exit codes: 0 success (or parity passed), 1 parity failed, 2 bad usage or bad input
+(one line on stderr; ``--debug`` shows the traceback). torch, onnx and onnxruntime are
+imported only by the commands that need them, so ``--version`` and ``--help`` are instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
+import os
 import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
 
 from . import __version__
 
+EXIT_OK, EXIT_PARITY, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"hookwrap: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hookwrap",
         description="Make PyTorch models that carry hooks safe to save, export and check.",
+        epilog="SPEC is package.module:factory or path/to/file.py:factory; the factory returns a "
+               "model or (model, example_inputs). Exit codes: 0 ok, 1 parity failed, 2 bad usage or input.",
     )
     parser.add_argument("--version", action="version", version=f"hookwrap {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="list every hook on a model and what convert would do")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="print the inventory as JSON")
+
+    p = sub.add_parser("convert", help="convert hooks to modules and save one .safetensors file")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("export", help="convert, export to ONNX and optionally check parity")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--weights", help="a .safetensors file loaded into the model first (plain state dict)")
+    p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    p.add_argument("--check", action="store_true", help="check parity with onnxruntime; exit 1 if it fails")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = sub.add_parser("check", help="check that an ONNX file computes what the hooked model computes")
+    p.add_argument("onnx", metavar="M.onnx")
+    p.add_argument("--reference", required=True, metavar="SPEC", help="the original, hooked model")
+    p.add_argument("--weights", help="a .safetensors file loaded into the reference (plain state dict)")
+    p.add_argument("--inputs", help="an .npz of inputs (keys: ONNX input names)")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--samples", type=int, help="draws per side for stochastic models (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here")
+    p.add_argument("--bisect", action="store_true", help="on failure, name the first diverging module")
+    p.add_argument("--plot", metavar="PNG", help="with --bisect: draw the error per layer")
     return parser
+
+
+# --------------------------------------------------------------------------------------
+# SPEC loading
+# --------------------------------------------------------------------------------------
+
+
+def load_spec(spec: str) -> tuple[Any, tuple | None]:
+    """Call the factory named by ``spec``; return ``(model, example_inputs or None)``."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise UsageError(f"SPEC {spec!r} must look like package.module:factory or path/to/file.py:factory")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(f"SPEC {spec!r}: file {target!r} does not exist")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        name = f"_hookwrap_spec_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UsageError(f"SPEC {spec!r}: cannot load {target!r} as Python")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UsageError(f"SPEC {spec!r}: running {target!r} raised {type(exc).__name__}: {exc}") from exc
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"SPEC {spec!r}: cannot import module {target!r} ({exc})") from exc
+        except Exception as exc:
+            raise UsageError(f"SPEC {spec!r}: importing {target!r} raised {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UsageError(f"SPEC {spec!r}: {target!r} has no attribute {attr!r}")
+    if not callable(factory):
+        raise UsageError(f"SPEC {spec!r}: {attr!r} is not callable")
+    try:
+        made = factory()
+    except Exception as exc:
+        raise UsageError(f"SPEC {spec!r}: the factory raised {type(exc).__name__}: {exc}") from exc
+    from torch import nn
+
+    example = None
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
+        made, example = made
+        if not isinstance(example, tuple):
+            raise UsageError(f"SPEC {spec!r}: example_inputs must be a tuple, got {type(example).__name__}")
+    if not isinstance(made, nn.Module):
+        raise UsageError(
+            f"SPEC {spec!r}: the factory returned {type(made).__name__}; expected an nn.Module "
+            f"or (model, example_inputs)")
+    return made, example
+
+
+def _need_example(example: tuple | None, spec: str, why: str) -> tuple:
+    if example is None:
+        raise UsageError(f"SPEC {spec!r}: {why} needs example inputs; make the factory return (model, (x,))")
+    return example
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # logs and CI: wide enough that tables stay readable
+        console = Console(highlight=False, soft_wrap=False, width=max(console.width, 140))
+    return console
+
+
+def _table(title: str, rows: list[list[str]], *, fail_column: int | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for header in rows[0]:
+        table.add_column(header, overflow="fold")
+    for row in rows[1:]:
+        style = "red" if fail_column is not None and row[fail_column] == "FAIL" else None
+        table.add_row(*row, style=style)
+    return table
+
+
+def _status(console: Any, message: str, quiet: bool) -> Any:
+    import contextlib
+
+    return contextlib.nullcontext() if quiet else console.status(message)
+
+
+def _files_table(files: list[Path]) -> Any:
+    rows = [["file", "size"]] + [[str(f), f"{f.stat().st_size / 1e6:.1f} MB"] for f in files]
+    return _table("files written", rows)
+
+
+def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, args: argparse.Namespace,
+            quiet: bool, **kwargs: Any) -> Any:
+    import hookwrap as hw
+
+    if quiet:
+        return hw.check_parity(reference, onnx_path, inputs, **kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("checking parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("parity", total=None)
+
+        def step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return hw.check_parity(reference, onnx_path, inputs, progress=step, **kwargs)
+
+
+def _show_report(console: Any, report: Any) -> None:
+    console.print(_table(f"parity ({report.mode})", report.rows(), fail_column=2))
+    for note in report.notes:
+        console.print(f"note: {note}")
+    style = "bold green" if report else "bold red"
+    console.print(f"[{style}]{report.summary()}[/{style}]")
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import hookwrap as hw
+
+    model, _ = load_spec(args.spec)
+    inv = hw.inventory(model)
+    if args.json:
+        print(inv.to_json())
+        return EXIT_OK
+    console = _console()
+    title = f"{len(inv)} hook(s) on {inv.model_name}"
+    if len(inv):
+        console.print(_table(title, inv.rows()))
+    else:
+        console.print(title)
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import hookwrap as hw
+
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise UsageError(f"--output must end with .safetensors, got {args.output!r}")
+    console = _console()
+    model, example = load_spec(args.spec)
+    found = hw.inventory(model)
+    with _status(console, "converting hooks", args.json):
+        converted = hw.convert(model, example)
+    with _status(console, f"saving {output}", args.json):
+        hw.save(converted, output)
+    report = hw.conversion_report(converted)
+    if args.json:
+        print(json.dumps({"output": str(output), "bytes": output.stat().st_size,
+                          "report": report.to_dict() if report else None}, indent=2))
+        return EXIT_OK
+    console.print(_table(f"{len(found)} hook(s) found", found.rows()) if len(found) else "no hooks found")
+    if report and len(report):
+        console.print(_table("conversion report", report.rows()))
+    console.print(_files_table([output]))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import hookwrap as hw
+
+    console = _console()
+    model, example = load_spec(args.spec)
+    example = _need_example(example, args.spec, "export")
+    if args.weights:
+        from .io import load_weights
+
+        load_weights(model, args.weights)
+    with _status(console, f"converting and exporting with the {args.exporter} exporter", args.json):
+        result = hw.export_onnx(model, example, args.output, dynamic_batch=args.dynamic_batch,
+                                opset=args.opset, exporter=args.exporter)
+    report = None
+    if args.check:
+        report = _parity(console, model, args.output, example, args, args.json)
+    if args.json:
+        data = result.to_dict()
+        if report is not None:
+            data["parity"] = report.to_dict()
+        print(json.dumps(data, indent=2))
+    else:
+        if result.report and len(result.report):
+            console.print(_table("conversion report", result.report.rows()))
+        rows = [["opset", str(result.opset)], ["nodes", str(result.nodes)],
+                ["ops", ", ".join(f"{k} {v}" for k, v in sorted(result.node_counts.items()))],
+                ["random ops", ", ".join(f"{k} {v}" for k, v in result.random_ops.items()) or "none"],
+                ["exporter", result.exporter], ["seconds", f"{result.seconds:.1f}"]]
+        console.print(_table("export", [["", ""]] + rows))
+        console.print(_files_table(result.files))
+        if report is not None:
+            _show_report(console, report)
+    return EXIT_OK if report is None or report else EXIT_PARITY
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import hookwrap as hw
+
+    console = _console()
+    if not Path(args.onnx).is_file():
+        raise UsageError(f"ONNX file {args.onnx!r} does not exist")
+    if args.plot and not args.bisect:
+        raise UsageError("--plot needs --bisect")
+    model, example = load_spec(args.reference)
+    inputs: Any = args.inputs if args.inputs else example
+    report = _parity(console, model, args.onnx, inputs, args, False, atol=args.atol, rtol=args.rtol,
+                     samples=args.samples, seed=args.seed, weights=args.weights)
+    if args.bisect and not report:
+        with _status(console, "bisecting: comparing every module's output", False):
+            report.bisect = hw.bisect(model, args.onnx, inputs, atol=args.atol, rtol=args.rtol)
+        if args.plot:
+            report.bisect.plot(args.plot)
+    if args.json:
+        report.to_json(args.json)
+    if args.junit:
+        report.to_junit(args.junit)
+    _show_report(console, report)
+    if report.bisect is not None:
+        console.print(_table("bisect: error per module", report.bisect.rows()))
+        console.print(report.bisect.summary())
+    for path in (args.json, args.junit, args.plot):
+        if path:
+            console.print(f"wrote {path}")
+    return EXIT_OK if report else EXIT_PARITY
+
+
+COMMANDS = {"inspect": cmd_inspect, "convert": cmd_convert, "export": cmd_export, "check": cmd_check}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("hookwrap: interrupted\n")
+        return 130
+    except BaseException as exc:
+        if args.debug:
+            traceback.print_exc()
+        known = isinstance(exc, UsageError) or type(exc).__module__.startswith("hookwrap")
+        detail = _one_line(exc)
+        if not known:
+            detail = f"{type(exc).__name__}: {detail}"
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        sys.stderr.write(f"hookwrap: error: {detail}{hint}\n")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,67 @@
+"""The README is executable: its python blocks run in order, its hookwrap commands run
+as given, so the README cannot drift from the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import ROOT
+
+README = (ROOT / "README.md").read_text()
+BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(lang: str) -> list[str]:
+    return [body for kind, body in BLOCK.findall(README) if kind == lang]
+
+
+def commands() -> list[str]:
+    lines = [line.strip() for body in blocks("sh") for line in body.splitlines()]
+    return [line for line in lines if line.startswith("hookwrap ")]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    return tmp_path
+
+
+def test_readme_names_the_two_commands_and_the_cli():
+    sh = "\n".join(blocks("sh"))
+    assert "make demo" in sh and "make test" in sh
+    usage = "\n".join(blocks("text"))
+    from hookwrap.cli import build_parser
+
+    parser = build_parser()
+    for command in ("inspect", "convert", "export", "check"):
+        assert f"hookwrap {command} " in usage
+        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        flags = {o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+        line = next(block for block in usage.split("hookwrap ")[1:] if block.startswith(command))
+        for flag in flags - {"--output"}:
+            assert flag in line, f"README usage of {command} does not mention {flag}"
+
+
+def test_readme_commands_and_python_blocks_run(tmp_path):
+    cwd = workdir(tmp_path)
+    hookwrap = Path(sys.executable).parent / "hookwrap"
+    # The commands first: the python blocks use the files they write (seed.onnx).
+    for command in commands():
+        argv = [str(hookwrap), *shlex.split(command)[1:]]
+        proc = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert (cwd / "parity.xml").exists() and (cwd / "seed.safetensors").exists()
+    script = "\n\n".join(blocks("python"))
+    (cwd / "readme_blocks.py").write_text(script)
+    proc = subprocess.run([sys.executable, "readme_blocks.py"], cwd=cwd, env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity FAILED" in proc.stdout  # the stripped model fails, as the README says
