@@ -27,6 +27,8 @@ _EXPORTS = {
     "check_parity": "parity",
     "assert_parity": "parity",
     "ParityReport": "parity",
+    "bisect": "bisect",
+    "BisectReport": "bisect",
     "save": "io",
     "load": "io",
     "read_manifest": "io",
@@ -76,6 +78,7 @@ sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import errors, hooks, registry, wrappers
+    from .bisect import BisectReport, bisect
     from .convert import convert
     from .errors import (
         ExportError,

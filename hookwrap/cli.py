@@ -304,9 +304,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = _parity(console, model, args.onnx, inputs, args, False, atol=args.atol, rtol=args.rtol,
                      samples=args.samples, seed=args.seed, weights=args.weights)
     if args.bisect and not report:
-        with _status(console, "bisecting: comparing every module's output", False):
-            report.bisect = hw.bisect(model, args.onnx, inputs, atol=args.atol, rtol=args.rtol)
-        if args.plot:
+        try:
+            with _status(console, "bisecting: comparing every module's output", False):
+                report.bisect = hw.bisect(model, args.onnx, inputs, atol=args.atol, rtol=args.rtol)
+        except hw.HookwrapError as exc:
+            report.notes.append(f"bisect not run: {_one_line(exc)}")
+        if args.plot and report.bisect is not None:
             report.bisect.plot(args.plot)
     if args.json:
         report.to_json(args.json)
@@ -317,7 +320,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(_table("bisect: error per module", report.bisect.rows()))
         console.print(report.bisect.summary())
     for path in (args.json, args.junit, args.plot):
-        if path:
+        if path and Path(path).exists():
             console.print(f"wrote {path}")
     return EXIT_OK if report else EXIT_PARITY
 

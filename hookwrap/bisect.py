@@ -1,0 +1,384 @@
+"""``bisect``: name the first module whose output diverges between eager and ONNX.
+
+The torch side runs the reference once with a temporary forward hook on every module
+(registered last, so it sees the output after the module's own hooks), recording each
+output in the order outputs are produced: a leaf comes before the block that contains it.
+
+The ONNX side reads the module scopes the dynamo exporter writes into each node's
+metadata (``pkg.torch.onnx.name_scopes``). A module's output is the value produced
+inside its scope and used outside it. Those values are marked as extra graph outputs and
+computed in a single onnxruntime session run. Modules whose scope has no nodes left
+(fused into a neighbour, such as a Conv2d folded into the BatchNorm2d after it, or
+constant-folded away), modules called more than once, and modules whose output cannot be
+identified are skipped and listed with the reason; hookwrap does not guess.
+
+Values are compared with the parity rule ``|onnx - ref| <= atol + rtol * |ref|``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree
+
+from .errors import HookwrapError, InvalidArgumentError
+
+__all__ = ["bisect", "BisectReport", "LayerError"]
+
+_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass
+class LayerError:
+    """The comparison of one module's output."""
+
+    index: int
+    path: str
+    module: str
+    shape: list[int]
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_rel_diff: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BisectReport:
+    """Per-module errors in output order, the first divergent module and what was skipped."""
+
+    onnx: str
+    atol: float
+    rtol: float
+    layers: list[LayerError]
+    skipped: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def first_divergent(self) -> str | None:
+        """The path of the first module (in output order) whose output is out of tolerance."""
+        bad = next((layer for layer in self.layers if not layer.passed), None)
+        return None if bad is None else bad.path
+
+    def __bool__(self) -> bool:
+        """True when no compared module diverges."""
+        return self.first_divergent is None
+
+    def summary(self) -> str:
+        where = self.first_divergent
+        head = "bisect: no module diverges" if where is None else f"bisect: first divergent module: {where or '<root>'}"
+        return (f"{head} ({len(self.layers)} modules compared, {len(self.skipped)} skipped; "
+                f"atol {self.atol:g}, rtol {self.rtol:g})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnx": self.onnx, "atol": self.atol, "rtol": self.rtol, "first_divergent": self.first_divergent,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "notes": list(self.notes), "seconds": round(self.seconds, 3),
+        }
+
+    def rows(self, *, limit: int = 40) -> list[list[str]]:
+        """Table rows (header first): the layers around the first divergence."""
+        rows = [["#", "module", "type", "max |diff|", "max rel", "result"]]
+        layers = self.layers
+        first = next((i for i, layer in enumerate(layers) if not layer.passed), None)
+        if len(layers) > limit:
+            start = 0 if first is None else max(0, min(first - limit // 2, len(layers) - limit))
+            layers = layers[start:start + limit]
+        for layer in layers:
+            rows.append([str(layer.index), layer.path or "<root>", layer.module, f"{layer.max_abs_diff:.3g}",
+                         f"{layer.max_rel_diff:.3g}", "ok" if layer.passed else "FAIL"])
+        return rows
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Draw the max absolute error per module (log scale), the tolerance ``atol`` as a
+        line, and the first divergent module; save a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        from ._fs import atomic_path
+
+        errors = [max(layer.max_abs_diff, 1e-12) for layer in self.layers]
+        fig, ax = plt.subplots(figsize=(max(8.0, min(24.0, len(errors) * 0.12)), 4.5), dpi=100)
+        colors = ["tab:blue" if layer.passed else "tab:red" for layer in self.layers]
+        ax.scatter(range(len(errors)), errors, c=colors, s=14, zorder=3)
+        ax.plot(range(len(errors)), errors, color="tab:gray", linewidth=0.8, zorder=2)
+        ax.axhline(self.atol, color="tab:orange", linestyle="--", label=f"atol = {self.atol:g}")
+        first = next((i for i, layer in enumerate(self.layers) if not layer.passed), None)
+        if first is not None:
+            ax.axvline(first, color="tab:red", linestyle=":", label=f"first divergent: {self.layers[first].path}")
+        ax.set_yscale("log")
+        ax.set_xlabel("module, in the order outputs are produced")
+        ax.set_ylabel("max |onnx - eager|")
+        ax.set_title(f"hookwrap bisect: {Path(self.onnx).name}")
+        ax.legend(loc="upper left")
+        fig.tight_layout()
+        target = Path(path)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        return target
+
+
+def _scopes(node: Any) -> list[str] | None:
+    for prop in node.metadata_props:
+        if prop.key == _SCOPES:
+            try:
+                value = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value[:-1]  # the last entry names the operation, not a module
+    return None
+
+
+def _torch_outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[str, nn.Module, list[np.ndarray]]], set[str]]:
+    order: list[tuple[str, nn.Module, list[np.ndarray]]] = []
+    calls: dict[str, int] = {}
+    handles = []
+    first: dict[int, tuple[str, nn.Module]] = {}
+    for p, m in model.named_modules(remove_duplicate=False):
+        first.setdefault(id(m), (p, m))
+
+    def make(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls[path] = calls.get(path, 0) + 1
+            if calls[path] == 1:
+                leaves = [v.detach().cpu().numpy().copy() for v in _pytree.tree_leaves(output) if isinstance(v, Tensor)]
+                order.append((path, module, leaves))
+
+        return hook
+
+    try:
+        for path, module in first.values():
+            handles.append(module.register_forward_hook(make(path)))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    repeated = {p for p, n in calls.items() if n > 1}
+    return order, repeated
+
+
+def _boundaries(graph: Any) -> tuple[dict[str, list[str]], set[str]]:
+    """Module path -> values produced inside its scope and used outside it (in order)."""
+    node_scopes = [_scopes(n) for n in graph.node]
+    if not any(s is not None for s in node_scopes):
+        return {}, set()
+    inside: dict[str, set[int]] = {}
+    for i, scopes in enumerate(node_scopes):
+        for scope in scopes or ():
+            inside.setdefault(scope, set()).add(i)
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output if out}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for name in n.input:
+            consumers.setdefault(name, []).append(i)
+    graph_outputs = {o.name for o in graph.output}
+    result: dict[str, list[str]] = {}
+    for scope, members in inside.items():
+        outs = []
+        for value, i in producer.items():
+            if i in members and (value in graph_outputs or any(c not in members for c in consumers.get(value, []))):
+                outs.append((i, value))
+        result[scope] = [v for _, v in sorted(outs)]
+    return result, set(inside)
+
+
+def bisect(
+    reference: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    inputs: Any = None,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> BisectReport:
+    """Compare every module's output between the eager ``reference`` and the ONNX file.
+
+    Args:
+        reference: the original eager model, hooks and all (run in eval mode).
+        onnx_path: an ONNX file written by the dynamo exporter (it records module scopes).
+        inputs: one tuple, a list of tuples (the first is used) or an ``.npz`` path, as
+            for :func:`hookwrap.check_parity`; ``None`` generates one from the ONNX inputs.
+        atol, rtol: the parity rule's tolerances.
+
+    Returns:
+        A :class:`BisectReport`; ``first_divergent`` names the first module whose output
+        is out of tolerance, ``plot(path)`` draws the error per module.
+
+    Raises:
+        HookwrapError: the model is stochastic (bisect compares single runs), or the ONNX
+            file cannot be read.
+
+    Example:
+        >>> report = hw.bisect(model, "broken.onnx", (x,))
+        >>> report.first_divergent
+        'layer3.0.conv2'
+    """
+    import time
+
+    import onnx
+    import onnxruntime as ort
+
+    from .export import graph_random_ops
+    from .parity import _eval, _input_sets, _SeededOps, _signature
+
+    start = time.perf_counter()
+    if not isinstance(reference, nn.Module):
+        raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise HookwrapError(f"ONNX file {str(path)!r} does not exist")
+    if graph_random_ops(path):
+        raise HookwrapError(
+            f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
+            f"deterministic model (compare a copy with its dropout switched off)")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise HookwrapError(f"{path.name} cannot be opened: {type(exc).__name__}: {exc}") from None
+    sig = _signature(session)
+    del session
+    sets, _, spec = _input_sets(inputs if not isinstance(inputs, list) else inputs[:1], sig, seed=0,
+                                random_inputs=0)
+    arrays = sets[0]
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    args = tuple(_pytree.tree_unflatten(tensors, spec)) if spec is not None else tuple(tensors)
+
+    with _eval(reference):
+        watch = _SeededOps()
+        with watch.mode, torch.no_grad():
+            torch.manual_seed(0)
+            reference(*args)
+        if watch.seen:
+            raise HookwrapError(
+                f"the reference draws random numbers ({', '.join(sorted(watch.seen))}): bisect compares one run "
+                f"of each side, so it needs a deterministic model")
+        order, repeated = _torch_outputs(reference, args)
+
+    bounds, scoped = _boundaries(proto.graph)
+    notes: list[str] = []
+    if not scoped:
+        notes.append(f"{path.name} has no module-scope metadata; export it with the dynamo exporter "
+                     f"(hw.export_onnx's default) to bisect")
+    skipped: list[tuple[str, str]] = []
+    wanted: list[tuple[str, nn.Module, list[np.ndarray], str]] = []
+    for module_path, module, leaves in order:
+        if not leaves:
+            skipped.append((module_path, "returns no tensor"))
+        elif module_path in repeated:
+            skipped.append((module_path, "called more than once: its outputs cannot be told apart"))
+        elif module_path != "" and module_path not in scoped:
+            skipped.append((module_path, "no ONNX node carries its scope: fused into another module or folded away"))
+        else:
+            values = [o.name for o in proto.graph.output] if module_path == "" else bounds.get(module_path, [])
+            shape = leaves[0].shape
+            if len(values) == len(leaves):
+                value = values[0]
+            else:
+                candidates = [v for v in values if v in _value_shapes(proto) and
+                              _compatible(_value_shapes(proto)[v], shape)]
+                if len(candidates) != 1:
+                    skipped.append((module_path, f"its output cannot be identified among {len(values)} ONNX values"))
+                    continue
+                value = candidates[0]
+            wanted.append((module_path, module, leaves, value))
+
+    values = _run_with_outputs(proto, path, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
+    layers: list[LayerError] = []
+    for module_path, module, leaves, value in wanted:
+        ref = leaves[0]
+        got = values.get(value)
+        if got is None or got.shape != ref.shape:
+            skipped.append((module_path, f"shape differs ({None if got is None else list(got.shape)} vs "
+                                         f"{list(ref.shape)}): not comparable"))
+            continue
+        r, g = ref.astype(np.float64), got.astype(np.float64)
+        both = np.isfinite(r) & np.isfinite(g)
+        diff = np.abs(g - r)
+        finite = diff[both]
+        mag = np.abs(r[both])
+        ok_nonfinite = np.array_equal(np.isnan(r), np.isnan(g)) and np.array_equal(r[np.isinf(r)], g[np.isinf(r)])
+        passed = bool(ok_nonfinite and np.all(finite <= atol + rtol * mag))
+        nz = mag > 0
+        layers.append(LayerError(
+            index=len(layers), path=module_path, module=type(module).__name__.removeprefix("Hookwrapped"),
+            shape=list(ref.shape), max_abs_diff=float(finite.max()) if finite.size else 0.0,
+            mean_abs_diff=float(finite.mean()) if finite.size else 0.0,
+            max_rel_diff=float((finite[nz] / mag[nz]).max()) if nz.any() else 0.0, passed=passed,
+        ))
+    return BisectReport(onnx=str(path), atol=float(atol), rtol=float(rtol), layers=layers, skipped=skipped,
+                        notes=notes, seconds=time.perf_counter() - start)
+
+
+_SHAPE_CACHE: dict[int, dict[str, list[int | None]]] = {}
+
+
+def _value_shapes(proto: Any) -> dict[str, list[int | None]]:
+    cached = _SHAPE_CACHE.get(id(proto))
+    if cached is None:
+        cached = {}
+        for info in [*proto.graph.value_info, *proto.graph.output]:
+            dims = info.type.tensor_type.shape.dim
+            cached[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        _SHAPE_CACHE.clear()
+        _SHAPE_CACHE[id(proto)] = cached
+    return cached
+
+
+def _compatible(onnx_shape: list[int | None], shape: tuple[int, ...]) -> bool:
+    return len(onnx_shape) == len(shape) and all(d is None or d == s for d, s in zip(onnx_shape, shape))
+
+
+def _run_with_outputs(proto: Any, path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the graph once with ``names`` added as outputs; the original file is not changed."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = proto.graph
+    known = {o.name for o in graph.output}
+    types = {v.name: v.type for v in graph.value_info}
+    missing_types = [n for n in names if n not in known and n not in types]
+    if missing_types:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        types.update({v.name: v.type for v in inferred.graph.value_info})
+    for name in names:
+        if name in known:
+            continue
+        info = onnx.ValueInfoProto(name=name)
+        if name in types:
+            info.type.CopyFrom(types[name])
+        graph.output.append(info)
+    output_names = [o.name for o in graph.output]
+    external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.initializer)
+    if not external:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return dict(zip(output_names, session.run(output_names, feeds)))
+    # Weights live in files next to the original: write the graph there so they resolve.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.bisect-", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        results = session.run(output_names, feeds)
+    finally:
+        os.unlink(tmp)
+    return dict(zip(output_names, results))
