@@ -68,7 +68,7 @@ def test_perturbed_initializer_is_found_at_its_layer(case):
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), bias))
     onnx.save(proto, str(folder / "perturbed.onnx"))
     report = hw.bisect(model, folder / "perturbed.onnx", (x,))
-    assert report.first_divergent in (layer_k, fused_into), (weight, report.summary())
+    assert report.first_divergent in (layer_k, fused_into), (bias, report.summary())
     index = compared.index(report.first_divergent)
     assert all(layer.passed for layer in report.layers[:index])
 
