@@ -158,3 +158,15 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) 
             f"{what} works on a deep copy, and {type(model).__name__} could not be copied "
             f"({type(exc).__name__}: {exc}); pass inplace=True to change the model itself"
         ) from exc
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for a block, then restore every module's own flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

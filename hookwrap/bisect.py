@@ -237,8 +237,9 @@ def bisect(
     import onnx
     import onnxruntime as ort
 
+    from ._txn import eval_mode
     from .export import graph_random_ops
-    from .parity import _eval, _input_sets, _SeededOps, _signature
+    from .parity import _input_sets, _SeededOps, _signature
 
     start = time.perf_counter()
     if not isinstance(reference, nn.Module):
@@ -263,7 +264,7 @@ def bisect(
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
     args = tuple(_pytree.tree_unflatten(tensors, spec)) if spec is not None else tuple(tensors)
 
-    with _eval(reference):
+    with eval_mode(reference):
         watch = _SeededOps()
         with watch.mode, torch.no_grad():
             torch.manual_seed(0)
@@ -302,11 +303,11 @@ def bisect(
                 value = candidates[0]
             wanted.append((module_path, module, leaves, value))
 
-    values = _run_with_outputs(proto, path, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
+    computed = _run_with_outputs(proto, path, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
     layers: list[LayerError] = []
     for module_path, module, leaves, value in wanted:
         ref = leaves[0]
-        got = values.get(value)
+        got = computed.get(value)
         if got is None or got.shape != ref.shape:
             skipped.append((module_path, f"shape differs ({None if got is None else list(got.shape)} vs "
                                          f"{list(ref.shape)}): not comparable"))

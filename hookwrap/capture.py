@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree
 
 from . import wrappers as W
+from ._txn import eval_mode
 from .inventory import HookInfo
 
 __all__ = ["Site", "Call", "Outcome", "record", "convert_site"]
@@ -72,7 +73,7 @@ class Site:
 class Call:
     """One recorded call of a hook."""
 
-    inputs: tuple  # the hook's arguments after ``module``: (args,), (args, kwargs), (args, out), ...
+    inputs: tuple | None  # the hook's arguments after ``module`` (kept for the first calls only)
     returned_none: bool
     mutated: list[str]
     side_effect: str | None
@@ -114,8 +115,8 @@ def _fingerprint(obj: Any, depth: int, seen: set[int]) -> Any:
         items = list(obj.items())[:256]
         return ("dict", len(obj), tuple((repr(k)[:64], _fingerprint(v, depth - 1, seen)) for k, v in items))
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = list(obj)[:256] if not isinstance(obj, (set, frozenset)) else sorted(map(id, obj))[:256]
-        return (type(obj).__name__, len(obj), tuple(_fingerprint(v, depth - 1, seen) for v in items))
+        members = list(obj)[:256] if not isinstance(obj, (set, frozenset)) else sorted(map(id, obj))[:256]
+        return (type(obj).__name__, len(obj), tuple(_fingerprint(v, depth - 1, seen) for v in members))
     attrs = getattr(obj, "__dict__", None)
     if isinstance(attrs, dict):
         return ("obj", id(obj), _fingerprint(attrs, depth - 1, seen))
@@ -222,17 +223,6 @@ def _make_proxy(
     return proxy
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def record(model: nn.Module, example_inputs: tuple, sites: list[Site]) -> dict[tuple[str, str, int], list[Call]]:
     """Run ``example_inputs`` once and record every call of the hooks behind ``sites``.
 
@@ -256,7 +246,7 @@ def record(model: nn.Module, example_inputs: tuple, sites: list[Site]) -> dict[t
             info.hook, info.kind, info.hook_id, paths, store, site.position, site.with_kwargs
         )
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eval_mode(model):
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
             model(*example_inputs)
     finally:
         for container, hook_id, hook in replaced:
@@ -344,7 +334,7 @@ def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call], *, batch_check:
             if diff is not None:
                 mode = "train" if training else "eval"
                 return f"the converted module does not reproduce the hook in {mode} mode ({diff})"
-    if batch_check and batch is not None and calls:
+    if batch_check and batch is not None and calls and calls[0].inputs is not None:
         grown = _grow_batch(calls[0].inputs, batch)
         if grown is not None:
             with _host_mode(site, wrapper, False), torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -724,8 +714,10 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
     example = [torch.cat([t, t]) if t.dim() >= 1 and t.shape[0] == 1 else t for t in tensors]
     dynamic = [{0: Dim.AUTO} if t.dim() >= 1 else None for t in example]
     callee = _Callee(site, in_spec, template)
+    from .export import quiet_torch
+
     try:
-        with _host_mode(site, None, False):
+        with _host_mode(site, None, False), quiet_torch():
             ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
     except Exception as exc:
         raise _CaptureError(_explain_export_error(exc)) from None

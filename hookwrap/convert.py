@@ -90,7 +90,8 @@ def _wrapper_for_known(info: HookInfo, host: nn.Module) -> tuple[W.Wrapper | Non
     target = _unwrap(info.hook)
     owner = getattr(target, "__self__", target)
     if info.origin == "hookwrap" and isinstance(owner, Hook):
-        return owner.to_module(), f"hookwrap hook -> {owner.to_module()!r}", ""
+        made: W.Wrapper = owner.to_module()
+        return made, f"hookwrap hook -> {made!r}", ""
     conv = find_converter(target)
     if conv is None:
         return None, "", ""
@@ -98,7 +99,7 @@ def _wrapper_for_known(info: HookInfo, host: nn.Module) -> tuple[W.Wrapper | Non
         wrapper = conv.build(target, host)
     except Exception as exc:
         return None, "", f"the converter registered for {conv.label} raised {type(exc).__name__}: {exc}"
-    if not isinstance(wrapper, conv.wrapper):
+    if not isinstance(wrapper, conv.wrapper) or not isinstance(wrapper, W.Wrapper):
         return None, "", (
             f"the converter registered for {conv.label} returned {type(wrapper).__name__}, "
             f"not the declared wrapper type {conv.wrapper.__name__}"

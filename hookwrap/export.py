@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree
 
-from ._txn import deepcopy_model
+from ._txn import deepcopy_model, eval_mode
 from .convert import check_example_inputs, convert, convert_in_place
 from .errors import ExportError, HookwrapError, InvalidArgumentError
 from .inventory import forward_hooks
@@ -155,17 +156,6 @@ def _forward_names(model: nn.Module, n: int) -> list[str]:
     return names + [f"input_{i}" for i in range(len(names), n)]
 
 
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch: bool,
                    opset: int | None) -> tuple[Any, list[str]]:
     dynamic_shapes = None
@@ -175,8 +165,12 @@ def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
             _pytree.tree_map(lambda v: {0: batch} if isinstance(v, Tensor) and v.dim() >= 1 else None, arg)
             for arg in example
         )
-    with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        warnings.simplefilter("ignore")
+        # torch.export specialises dimensions of size 1: trace a batch of 2 instead.
+        example = _pytree.tree_map(
+            lambda v: torch.cat([v, v]) if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == 1 else v,
+            example,
+        )
+    with quiet_torch():
         program = torch.onnx.export(
             model, example, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
             verbose=False, optimize=True,
@@ -184,7 +178,7 @@ def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
         if program is None:  # pragma: no cover - defensive
             raise ExportError("torch.onnx.export returned no program")
         program.save(str(tmp))
-    return _structure(program), [v.name for v in program.model.graph.inputs]
+    return _structure(program), [str(v.name) for v in program.model.graph.inputs]
 
 
 def _structure(program: Any) -> Any:
@@ -218,8 +212,7 @@ def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
     if dynamic_batch:
         axes = {name: {0: "batch"} for name, t in zip(names, leaves) if t.dim() >= 1}
         axes.update({name: {0: "batch"} for name in out_names})
-    with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-        warnings.simplefilter("ignore")
+    with quiet_torch():
         torch.onnx.export(
             model, example, str(tmp), dynamo=False, opset_version=opset or 17, input_names=names,
             output_names=out_names, dynamic_axes=axes, do_constant_folding=True,
@@ -231,9 +224,32 @@ def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
     return proto, [i.name for i in proto.graph.input if i.name not in weights]
 
 
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """torch.export logs whole tracebacks at ERROR level and prints graphs to stderr
+    before raising; the exception hookwrap raises says what went wrong, once."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), \
+                contextlib.redirect_stdout(devnull), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _explain(exc: BaseException, exporter: str) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    first = text.splitlines()[0][:400] if text else type(exc).__name__
+    root = exc
+    while root.__cause__ is not None:  # the exporter wraps the real error
+        root = root.__cause__
+    text = _ANSI.sub("", f"{type(root).__name__}: {root}").strip()
+    first = text.splitlines()[0][:400] if text else type(root).__name__
     if exporter == "legacy" and "training mode" in text:
         return (f"the legacy exporter cannot export dropout that stays on in eval mode ({first}); "
                 f"use exporter='dynamo', which exports it with random operators")
@@ -309,7 +325,7 @@ def export_onnx(
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.hookwrap-tmp-", dir=target.parent))
     try:
         tmp = tmpdir / target.name
-        with _eval(subject):
+        with eval_mode(subject):
             try:
                 if exporter == "dynamo":
                     proto, inputs = _dynamo_export(subject, example, tmp, dynamic_batch=dynamic_batch, opset=opset)

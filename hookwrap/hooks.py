@@ -127,7 +127,9 @@ def select_modules(model: nn.Module, where: Where, *, what: str = "where") -> li
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"expected an nn.Module, got {type(model).__name__}")
-    named = [(p, m) for p, m in model.named_modules(remove_duplicate=False) if not _is_wrapper_part(p)]
+    named: list[tuple[str, nn.Module]] = [
+        (p, m) for p, m in model.named_modules(remove_duplicate=False) if not _is_wrapper_part(p)
+    ]
     if isinstance(where, type) or (isinstance(where, tuple) and where and all(isinstance(t, type) for t in where)):
         chosen = [(p, m) for p, m in named if isinstance(m, where)]
         if not chosen:

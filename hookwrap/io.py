@@ -37,6 +37,7 @@ import json
 import os
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,7 +335,7 @@ def _wrapper_entries(model: nn.Module) -> dict[str, Any]:
                 except (TypeError, ValueError) as exc:
                     raise HookwrapError(f"{where}: its config is not JSON-serializable ({exc})") from None
                 specs[side].append(spec)
-        entries[path] = {"module": type(module)._hookwrap_base.__name__, **specs}
+        entries[path] = {"module": W.host_base(module).__name__, **specs}
     return entries
 
 
@@ -361,9 +362,9 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"save needs an nn.Module, got {type(model).__name__}")
     metadata = dict(metadata or {})
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidArgumentError(f"metadata must map strings to strings; {key!r}: {value!r} does not")
+    for key, text in metadata.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise InvalidArgumentError(f"metadata must map strings to strings; {key!r}: {text!r} does not")
         if key.startswith("hookwrap") or key == "format":
             raise InvalidArgumentError(f"metadata key {key!r} is reserved by hookwrap; choose another name")
     live = forward_hooks(model)
@@ -392,7 +393,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         "format_version": FORMAT_VERSION,
         "hookwrap_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
-        "model": type(model)._hookwrap_base.__name__ if W.is_host(model) else type(model).__name__,
+        "model": W.host_base(model).__name__,
         "wrappers": wrappers,
         "tensors": table,
         "aliases": aliases,
@@ -531,8 +532,6 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
     Example:
         >>> model = hw.load("m.safetensors", base=lambda: torchvision.models.vgg16(weights=None))
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     header = _read_header(path)
     name = header.path.name
@@ -546,9 +545,9 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
             f"without hooks, or hw.strip() it first", key=live[0].path or "<root>")
     touched = [model]
     if header.manifest is not None:
-        for path in header.manifest["wrappers"]:
+        for wrapped in header.manifest["wrappers"]:
             try:
-                touched.append(model.get_submodule(path))
+                touched.append(model.get_submodule(wrapped))
             except AttributeError:
                 pass  # inside a wrapper that does not exist yet, or reported below
     with transaction(model, touched):
@@ -556,12 +555,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
             _install_from_manifest(model, header.manifest["wrappers"], name)
         state = model.state_dict()
         _check_keys(name, header, state, strict)
-        try:
-            tensors = load_file(str(header.path))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise ManifestError(f"{name}: reading tensor data failed: {exc}", key="data") from None
-        with torch.no_grad():
-            model.load_state_dict(tensors, strict=False)
+        _copy_tensors(model, header, set(header.tensors))
         if header.manifest is not None:
             attach_report(model, header.manifest["_actions"])
     return model
@@ -584,8 +578,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
         ManifestError: the file is broken or its keys, shapes or dtypes do not fit;
             ``model`` is left unchanged.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     header = _read_header(path)
     name = header.path.name
@@ -593,10 +585,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
                     header.metadata, header.manifest)
     state = model.state_dict()
     _check_keys(name, plain, state, strict)
+    _copy_tensors(model, header, set(plain.tensors))
+    return model
+
+
+def _copy_tensors(model: nn.Module, header: _Header, keys: set[str]) -> None:
+    """Read the file's tensors (memory-mapped) and copy ``keys`` of them into ``model``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(header.path))
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ManifestError(f"{name}: reading tensor data failed: {exc}", key="data") from None
+        raise ManifestError(f"{header.path.name}: reading tensor data failed: {exc}", key="data") from None
+    state: OrderedDict[str, torch.Tensor] = OrderedDict((k, v) for k, v in tensors.items() if k in keys)
+    # Modules with a versioned state dict (torchvision's MNASNet, BatchNorm) read their
+    # version from the state dict's metadata; the file's tensors are in this code's format.
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     with torch.no_grad():
-        model.load_state_dict({k: v for k, v in tensors.items() if k in plain.tensors}, strict=False)
-    return model
+        model.load_state_dict(state, strict=False)

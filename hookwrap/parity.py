@@ -53,7 +53,7 @@ import math
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from ._fs import atomic_write_text
+from ._txn import eval_mode
 from .errors import HookwrapError, InvalidArgumentError, ParityError
 
 __all__ = ["check_parity", "assert_parity", "ParityReport", "OutputCheck", "load_inputs"]
@@ -391,17 +392,6 @@ def _input_sets(inputs: Any, sig: _Signature, *, seed: int, random_inputs: int) 
 # --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 class _SeededOps:
     """Notes the aten operators run that draw from torch's RNG (``nondeterministic_seeded``)."""
 
@@ -612,7 +602,7 @@ def check_parity(
     out_names = [o.name for o in session.get_outputs()]
     sets, sources, spec = _input_sets(inputs, sig, seed=seed, random_inputs=random_inputs)
     notes: list[str] = []
-    with _eval(reference):
+    with eval_mode(reference):
         # Stochastic means: outputs differ between runs under two different seeds. A run
         # that draws nothing from torch's RNG cannot depend on the seed, so the second
         # run is only needed when the first one drew random numbers.
@@ -672,6 +662,7 @@ def check_parity(
                                           f"{len(out_names)} {out_names}", [], None, "", None, seconds=elapsed))
                 continue
             for j, name in enumerate(out_names):
+                result: dict[str, Any]
                 if statistical:
                     ref_j = np.stack([d[j] for d in ref_draws])
                     got_j = np.stack([d[j] for d in onnx_draws]) if all(
@@ -684,6 +675,7 @@ def check_parity(
                     ref_arr, got_arr = ref_j[0], onnx_draws[0][j]
                 else:
                     ref_arr, got_arr = pairs[j][0], pairs[j][1]
+                    assert ref_arr is not None  # the output counts were checked above
                     result = _compare_exact(ref_arr, got_arr, atol, rtol)
                 passed = bool(result.pop("passed", False))
                 message = result.pop("message")

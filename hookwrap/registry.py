@@ -139,13 +139,15 @@ def register_converter(
         >>> handle = hw.register_converter(Temperature, lambda h, m: hw.wrappers.Scale(divisor=h.t),
         ...                                wrapper=hw.wrappers.Scale)
     """
+    predicate: Callable[[Any], bool]
     if isinstance(match, type):
         hook_type = match
 
-        def predicate(hook: Any) -> bool:
+        def of_type(hook: Any) -> bool:
             target = getattr(hook, "__self__", hook)
             return isinstance(target, hook_type)
 
+        predicate = of_type
         label = hook_type.__qualname__
     elif callable(match):
         predicate = match

@@ -483,6 +483,7 @@ class CapturedHook(Wrapper):
     """
 
     kind = "CapturedHook"
+    _gm: Any  # the decoded fx.GraphModule: a plain attribute, not a child module
 
     def __init__(
         self,
@@ -674,7 +675,7 @@ _HOST_KEYS = frozenset({PRE, POST})
 _HOST_CLASSES: dict[type, type] = {}
 
 
-def _visible(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def _visible(module: nn.Module) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in module._modules.items() if k not in _HOST_KEYS]
 
 
@@ -717,10 +718,10 @@ def _dict_iter(self: Any) -> Any:
 
 def _rebuild_host(base: type) -> nn.Module:
     cls = host_class(base)
-    return cls.__new__(cls)
+    return object.__new__(cls)
 
 
-def host_class(base: type) -> type:
+def host_class(base: type[nn.Module]) -> type[nn.Module]:
     """The class a hooked module of type ``base`` becomes: a subclass of ``base`` whose
     ``forward`` runs ``hookwrap_pre`` wrappers, then ``base.forward``, then
     ``hookwrap_post`` wrappers. It keeps ``forward``'s signature and pickles by
@@ -737,12 +738,12 @@ def host_class(base: type) -> type:
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         pre = self._modules.get(PRE)
         if pre is not None:
-            for wrapper in pre:
+            for wrapper in pre:  # type: ignore[attr-defined]
                 args, kwargs = wrapper.hookwrap_pre(self, args, kwargs)
         out = base_forward(self, *args, **kwargs)
         post = self._modules.get(POST)
         if post is not None:
-            for wrapper in post:
+            for wrapper in post:  # type: ignore[attr-defined]
                 out = wrapper.hookwrap_post(self, args, kwargs, out)
         return out
 
@@ -773,6 +774,11 @@ def host_class(base: type) -> type:
     return cls
 
 
+def host_base(module: nn.Module) -> type:
+    """The class a module had before it became a host (its own class if it is not one)."""
+    return type(module).__dict__.get("_hookwrap_base", type(module))
+
+
 def is_host(module: nn.Module) -> bool:
     """True if ``module`` carries hookwrap wrappers."""
     return "_hookwrap_base" in type(module).__dict__
@@ -782,7 +788,7 @@ def host_wrappers(module: nn.Module) -> tuple[list[Wrapper], list[Wrapper]]:
     """``(pre, post)`` wrappers of a host module, in the order they run."""
     pre = module._modules.get(PRE)
     post = module._modules.get(POST)
-    return list(pre) if pre is not None else [], list(post) if post is not None else []  # type: ignore[arg-type]
+    return list(pre) if pre is not None else [], list(post) if post is not None else []  # type: ignore[call-overload]
 
 
 def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapper] = ()) -> None:
@@ -793,7 +799,7 @@ def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapp
     """
     if not pre and not post:
         return
-    base = type(module)._hookwrap_base if is_host(module) else type(module)
+    base = host_base(module)
     old_pre, old_post = host_wrappers(module)
     module.__class__ = host_class(base)
     if pre:

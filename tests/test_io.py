@@ -410,3 +410,17 @@ def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
     assert outcomes["old"] + outcomes["new"] == 24
     assert mid_save >= 3, f"only {mid_save} kills landed mid-save; the test did not exercise the hazard"
     assert outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
+
+
+def test_versioned_state_dicts_load(tmp_path):
+    """torchvision's MNASNet checks the state-dict version in its _load_from_state_dict; a
+    plain tensor dict carries none, so the loader passes the base model's own versions."""
+    model = build("mnasnet0_5")
+    model.layers[0].register_forward_hook(hw.hooks.Scale(0.5))
+    converted = hw.convert(model)
+    hw.save(converted, tmp_path / "m.safetensors")
+    loaded = hw.load(tmp_path / "m.safetensors", base=lambda: build("mnasnet0_5", seed=4))
+    assert state_equal(loaded.state_dict(), converted.state_dict())
+    save_model(build("mnasnet0_5", seed=1), str(tmp_path / "plain.safetensors"))
+    plain = hw.load(tmp_path / "plain.safetensors", base=lambda: build("mnasnet0_5", seed=4))
+    assert state_equal(plain.state_dict(), build("mnasnet0_5", seed=1).state_dict())

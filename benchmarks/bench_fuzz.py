@@ -1,0 +1,66 @@
+"""Issue 8: fuzz the loader with hypothesis (``tests/fuzzing.py``): at least 2,000
+mutated files (header bytes, manifests with recomputed digests, tensor tables, tensor
+data, the length prefix). Every case must load or raise a HookwrapError subclass, within
+5 s, importing nothing new. Prints the number of cases, outcomes and the slowest case."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from _common import ROOT, emit, figure
+
+sys.path.insert(0, str(ROOT / "tests"))
+from fuzzing import check_case, mutated, seed_file  # noqa: E402
+from helpers import small_cnn  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import hookwrap as hw  # noqa: E402
+
+CASES = 2500
+
+
+def main() -> None:
+    outcomes: Counter = Counter()
+    slowest = 0.0
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        raw_path = seed_file(folder)
+        hw.load(raw_path, base=small_cnn())
+        raw = raw_path.read_bytes()
+
+        @settings(max_examples=CASES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def case(data):
+            nonlocal slowest
+            kind, payload = data.draw(mutated(raw))
+            start = time.perf_counter()
+            try:
+                outcomes[(kind, check_case(folder / "case.safetensors", payload))] += 1
+            except AssertionError as exc:
+                failures.append(f"{kind}: {exc}")
+                outcomes[(kind, "VIOLATION")] += 1
+            except Exception as exc:  # an escape: exactly what the fuzzer looks for
+                failures.append(f"{kind}: {type(exc).__name__}: {exc}")
+                outcomes[(kind, "ESCAPED")] += 1
+            slowest = max(slowest, time.perf_counter() - start)
+
+        start = time.perf_counter()
+        case()
+        seconds = time.perf_counter() - start
+    total = sum(outcomes.values())
+    emit("fuzz", [
+        figure("fuzz_cases", total, CASES * 0.8, better="higher",
+               outcomes={f"{k}/{o}": n for (k, o), n in sorted(outcomes.items())}, seconds=round(seconds, 1)),
+        figure("fuzz_violations", len(failures), 0, examples=failures[:5]),
+        figure("fuzz_slowest_case_seconds", slowest, 5.0),
+    ])
+
+
+if __name__ == "__main__":
+    main()
