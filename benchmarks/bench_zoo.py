@@ -29,7 +29,7 @@ def _worker_init() -> None:
 
 
 def _run(name: str, params: int, folder: str) -> dict:
-    return sweep_one(name, params, Path(folder) / name, dynamic_batch=False, inputs=1).to_dict()
+    return sweep_one(name, params, Path(folder) / name).to_dict()
 
 
 def main() -> None:
@@ -54,8 +54,8 @@ def main() -> None:
         "",
         f"{len(rows)} models swept, {sum(r.passed for r in rows)} passed, in {seconds / 60:.1f} minutes "
         f"(2 processes, 1 thread each). Steps: attach Dropout2d(0.2, always=True) to every Conv2d (Scale(0.5) "
-        f"to every Linear without one), convert, save, load (checked equal under a seed), export (dynamo, static "
-        f"batch), parity (statistical: 16 draws per side, 1 input).",
+        f"to every Linear without one), convert, save, load (checked equal under a seed), export (dynamo, dynamic "
+        f"batch), parity (statistical: 16 draws per side; the example and a random input at batch 3).",
         "",
         table(rows),
         "",

@@ -3,10 +3,10 @@
 For every classification model that builds with ``weights=None`` and has at most 150 M
 parameters, at the smallest input size it accepts: attach ``Dropout2d(0.2, always=True)``
 to every ``Conv2d`` (or ``Scale(0.5)`` to every ``Linear`` when it has no ``Conv2d``),
-then convert, save, load, export (dynamo) and check parity (statistical for the
-stochastic ones, 16 draws per side). Used by ``tests/zoo/test_zoo.py`` (a few models,
-dynamic batch and two inputs) and ``benchmarks/bench_zoo.py`` (all of them; static batch
-and one input, which halves the dynamo exporter's time and keeps the sweep within budget).
+then convert, save, load, export (dynamo, dynamic batch) and check parity (statistical
+for the stochastic ones: 16 draws per side, the example and one input at another batch
+size). Used by ``tests/zoo/test_zoo.py`` (a few models) and ``benchmarks/bench_zoo.py``
+(all of them).
 """
 
 from __future__ import annotations
