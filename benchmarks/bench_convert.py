@@ -67,13 +67,13 @@ def main() -> None:
     cold = timed(lambda: hw.convert(hooked, (x,)))
     warm = statistics.median(timed(lambda: hw.convert(hooked, (x,))) for _ in range(5))
     converted = hw.convert(hooked, (x,))
-    vgg = interleaved_ratio(lambda: converted(x), lambda: hand_vgg16_model(x), rounds=9, inner=2)
+    vgg = interleaved_ratio(lambda: converted(x), lambda: hand_vgg16_model(x), rounds=25, inner=2)
 
     xm = torch.randn(1, 512)
     mlp_hooked = mlp()
     mlp_converted = hw.convert(mlp_hooked, (xm,))
     mlp_hand = mlp(hooked=False)
-    mlp_ratio = interleaved_ratio(lambda: mlp_converted(xm), lambda: mlp_hand(xm), rounds=21, inner=50)
+    mlp_ratio = interleaved_ratio(lambda: mlp_converted(xm), lambda: mlp_hand(xm), rounds=41, inner=50)
 
     emit("convert", [
         figure("eager_latency_ratio_vgg16_b1", vgg["ratio"], 1.03, baseline="hand-written vgg16 + Dropout2d",

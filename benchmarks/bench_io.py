@@ -72,7 +72,7 @@ def main() -> None:
         hw.save(converted, a)
         save_model(converted, str(b))
         save_hw, save_st, save_st_sync = [], [], []
-        for r in range(11):
+        for r in range(15):
             order = ["hw", "st", "sync"] if r % 2 == 0 else ["sync", "st", "hw"]
             for which in order:
                 os.sync()  # start each timed save with no writeback pending from the last one
@@ -86,7 +86,7 @@ def main() -> None:
         save_sync_ratio = statistics.median(x / y for x, y in zip(save_hw, save_st_sync))
 
         load_hw, load_st = [], []
-        for r in range(15):
+        for r in range(31):
             base = copy.deepcopy(plain)
             order = ["hw", "st"] if r % 2 == 0 else ["st", "hw"]
             for which in order:
