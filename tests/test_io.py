@@ -407,6 +407,7 @@ def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
         else:
             assert state_equal(state, new_state), f"attempt {attempt}: the target is neither file"
             outcomes["new"] += 1
+    print(f"SIGKILL during save: {outcomes}, {mid_save} kills left a temporary file (mid-save)")
     assert outcomes["old"] + outcomes["new"] == 24
     assert mid_save >= 3, f"only {mid_save} kills landed mid-save; the test did not exercise the hazard"
     assert outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes

@@ -223,6 +223,7 @@ def test_false_alarm_rate_on_a_cheap_model(tmp_path):
         report = hw.check_parity(model, tmp_path / "tiny.onnx", (x,), seed=seed, random_inputs=1)
         assert report.mode == "statistical"
         passed += bool(report)
+    print(f"correct stochastic model passed {passed} of 100 checker seeds")
     assert passed >= 99, passed
 
 
