@@ -37,6 +37,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

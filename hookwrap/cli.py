@@ -231,12 +231,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output_folder(path: str) -> None:
+    """Commands create the folder of their output, as ``mkdir -p`` would."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     import hookwrap as hw
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise UsageError(f"--output must end with .safetensors, got {args.output!r}")
+    _output_folder(args.output)
     console = _console()
     model, example = load_spec(args.spec)
     found = hw.inventory(model)
@@ -262,6 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     console = _console()
     model, example = load_spec(args.spec)
     example = _need_example(example, args.spec, "export")
+    _output_folder(args.output)
     if args.weights:
         from .io import load_weights
 
@@ -300,6 +307,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.plot and not args.bisect:
         raise UsageError("--plot needs --bisect")
     model, example = load_spec(args.reference)
+    for path in (args.json, args.junit, args.plot):
+        if path:
+            _output_folder(path)
     inputs: Any = args.inputs if args.inputs else example
     report = _parity(console, model, args.onnx, inputs, args, False, atol=args.atol, rtol=args.rtol,
                      samples=args.samples, seed=args.seed, weights=args.weights)

@@ -73,6 +73,8 @@ def test_inspect_table_and_json(workspace):
 def test_convert_export_check_succeed(workspace):
     proc = run(["convert", "factories.py:build", "-o", "m.safetensors"], workspace)
     assert "conversion report" in proc.stdout and "m.safetensors" in proc.stdout
+    run(["convert", "factories.py:build", "-o", "new/folder/m.safetensors"], workspace)  # made like mkdir -p
+    assert (workspace / "new" / "folder" / "m.safetensors").is_file()
     summary = json.loads(run(["convert", "factories.py:build", "-o", "m.safetensors", "--json"], workspace).stdout)
     assert summary["report"]["counts"] == {"converted": 2}
     proc = run(["export", "factories.py:build", "-o", "m.onnx", "--dynamic-batch", "--check"], workspace)

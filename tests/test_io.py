@@ -136,6 +136,8 @@ def test_save_refuses_live_hooks_and_reserved_metadata(tmp_path):
     with pytest.raises(hw.InvalidArgumentError, match="reserved"):
         hw.save(converted, tmp_path / "m.safetensors", metadata={"hookwrap": "x"})
     assert not list(tmp_path.iterdir())
+    with pytest.raises(hw.InvalidArgumentError, match="folder .*nowhere' does not exist"):
+        hw.save(converted, tmp_path / "nowhere" / "m.safetensors")
     hw.save(converted, tmp_path / "m.safetensors", metadata={"run": "42"})
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
     with safe_open(tmp_path / "m.safetensors", "pt") as fh:
