@@ -163,7 +163,7 @@ def _console() -> Any:
 def _table(title: str, rows: list[list[str]], *, fail_column: int | None = None) -> Any:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=False)
+    table = Table(title=title, title_justify="left", show_lines=False, show_header=any(rows[0]))
     for header in rows[0]:
         table.add_column(header, overflow="fold")
     for row in rows[1:]:

@@ -319,7 +319,7 @@ def _plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[str, str]:
             return "bake", "spectral_norm: made permanent with torch.nn.utils.remove_spectral_norm"
         if origin == "quantization":
             return "strip", "quantization observer: removed"
-        return "convert", "captured with torch.export from example_inputs (observers are stripped)"
+        return "convert", "captured from example_inputs with torch.export (stripped if it only observes)"
     if origin == "spectral_norm":
         return "bake", "part of spectral_norm: removed with remove_spectral_norm"
     return "keep", "state-dict hook: not on the forward path, left in place by convert"
