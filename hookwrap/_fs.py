@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 TMP_MARK = ".hookwrap-tmp-"
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -27,13 +31,60 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temp_prefix(target: Path) -> str:
+    """Name prefix of this process's temporary files for ``target``: it carries host and PID."""
+    return f".{target.name}{TMP_MARK}{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove temporary files that a killed writer of ``target`` left behind.
+
+    Only files of processes on this host that no longer run are removed: a concurrent
+    writer's file, or one from another machine sharing the folder, is never touched.
+    Returns the paths removed.
+    """
+    folder = target.parent if str(target.parent) else Path(".")
+    head = f".{target.name}{TMP_MARK}{_HOST}-"
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(head):
+            continue
+        pid_text = entry.name[len(head):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target``.
 
     Whatever the block writes to the temporary path is fsynced and then moved over
     ``target`` with ``os.replace``, so a crash at any moment leaves either the old file
-    or the new one at ``target``, never a mix. On error the temporary file is removed.
+    or the new one at ``target``, never a mix. On error the temporary folder is removed;
+    files left by writers that were killed are removed by the next write (see
+    :func:`sweep_stale`).
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
@@ -41,9 +92,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         from .errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_MARK}", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    sweep_stale(target)
+    # A private folder rather than a bare file: writers such as safetensors' own save make
+    # temporary files next to the path they are given, and those must not outlive a crash.
+    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=folder))
+    tmp = tmpdir / target.name
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -55,10 +108,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, mode)
         os.replace(tmp, target)
         _fsync_dir(folder)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

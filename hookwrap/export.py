@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree
 
+from ._fs import sweep_stale, temp_prefix
 from ._txn import deepcopy_model, eval_mode
 from .convert import check_example_inputs, convert, convert_in_place
 from .errors import ExportError, HookwrapError, InvalidArgumentError
@@ -322,7 +323,8 @@ def export_onnx(
         # A copy whose modules and hooks are new but whose weights are shared, read-only.
         subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
     report = conversion_report(subject)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.hookwrap-tmp-", dir=target.parent))
+    sweep_stale(target)
+    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         tmp = tmpdir / target.name
         with eval_mode(subject):

@@ -400,8 +400,6 @@ def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
         proc.stdout.close()
         leftovers = [p for p in tmp_path.iterdir() if p.name != target.name]
         mid_save += bool(leftovers)
-        for p in leftovers:
-            p.unlink()
         loaded = hw.load(target, base=lambda: nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(12)]))
         state = loaded.state_dict()
         if state_equal(state, old_state):
@@ -409,10 +407,44 @@ def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
         else:
             assert state_equal(state, new_state), f"attempt {attempt}: the target is neither file"
             outcomes["new"] += 1
+        hw.save(old, target)  # the next save removes what the killed writer left behind
+        assert [p.name for p in tmp_path.iterdir()] == [target.name], f"attempt {attempt}: stale temporary files"
     print(f"SIGKILL during save: {outcomes}, {mid_save} kills left a temporary file (mid-save)")
     assert outcomes["old"] + outcomes["new"] == 24
     assert mid_save >= 3, f"only {mid_save} kills landed mid-save; the test did not exercise the hazard"
     assert outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed_and_others_kept(tmp_path):
+    from hookwrap._fs import TMP_MARK, temp_prefix
+
+    target = tmp_path / "m.safetensors"
+    ours = temp_prefix(target)  # ".m.safetensors.hookwrap-tmp-<host>-<pid>-"
+    host = ours[len(f".{target.name}{TMP_MARK}"):].rsplit("-", 2)[0]
+    dead = tmp_path / f".{target.name}{TMP_MARK}{host}-{_dead_pid()}-abc123"
+    dead_dir = tmp_path / f".{target.name}{TMP_MARK}{host}-{_dead_pid()}-dir"  # an interrupted ONNX export
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".{target.name}{TMP_MARK}{host}-{sleeper.pid}-xyz"
+        remote = tmp_path / f".{target.name}{TMP_MARK}otherhost-{_dead_pid()}-q"
+        other_target = tmp_path / f".other.safetensors{TMP_MARK}{host}-{_dead_pid()}-q"
+        for p in (dead, live, remote, other_target):
+            p.write_bytes(b"partial")
+        dead_dir.mkdir()
+        (dead_dir / "m.onnx").write_bytes(b"partial")
+        hw.save(small_cnn(), target)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert dead.name not in left and dead_dir.name not in left
+        assert {live.name, remote.name, other_target.name, target.name} == set(left)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_versioned_state_dicts_load(tmp_path):
