@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,32 @@ def sweep_stale(target: Path) -> list[Path]:
     return removed
 
 
+# Replacing a large file frees its blocks, which ext4 does inside os.replace (about 0.1 s
+# per 500 MB here). Holding the old file open moves that work to the close, which a
+# background thread does: the save returns as soon as the new file is durable.
+_DEFER_RELEASE_BYTES = 64 << 20
+
+
+def _hold_old(target: Path) -> int | None:
+    if os.name != "posix":  # Windows cannot replace a file that is open
+        return None
+    try:
+        fd = os.open(target, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size >= _DEFER_RELEASE_BYTES:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _release(fd: int) -> None:
+    threading.Thread(target=os.close, args=(fd,), name="hookwrap-release", daemon=True).start()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target``.
@@ -106,7 +133,15 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        old = _hold_old(target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.close(old)
+            raise
+        if old is not None:
+            _release(old)
         _fsync_dir(folder)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -555,7 +555,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
             _install_from_manifest(model, header.manifest["wrappers"], name)
         state = model.state_dict()
         _check_keys(name, header, state, strict)
-        _copy_tensors(model, header, set(header.tensors))
+        _copy_tensors(model, header, set(header.tensors), getattr(state, "_metadata", None))
         if header.manifest is not None:
             attach_report(model, header.manifest["_actions"])
     return model
@@ -585,12 +585,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
                     header.metadata, header.manifest)
     state = model.state_dict()
     _check_keys(name, plain, state, strict)
-    _copy_tensors(model, header, set(plain.tensors))
+    _copy_tensors(model, header, set(plain.tensors), getattr(state, "_metadata", None))
     return model
 
 
-def _copy_tensors(model: nn.Module, header: _Header, keys: set[str]) -> None:
-    """Read the file's tensors (memory-mapped) and copy ``keys`` of them into ``model``."""
+def _copy_tensors(model: nn.Module, header: _Header, keys: set[str], metadata: Any) -> None:
+    """Read the file's tensors (memory-mapped) and copy ``keys`` of them into ``model``.
+
+    ``metadata`` is the ``_metadata`` of ``model.state_dict()`` (state-dict versions)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -601,6 +603,6 @@ def _copy_tensors(model: nn.Module, header: _Header, keys: set[str]) -> None:
     state: OrderedDict[str, torch.Tensor] = OrderedDict((k, v) for k, v in tensors.items() if k in keys)
     # Modules with a versioned state dict (torchvision's MNASNet, BatchNorm) read their
     # version from the state dict's metadata; the file's tensors are in this code's format.
-    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    state._metadata = metadata  # type: ignore[attr-defined]
     with torch.no_grad():
         model.load_state_dict(state, strict=False)

@@ -415,6 +415,28 @@ def test_sigkill_during_save_never_corrupts_the_target(tmp_path):
     assert outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
 
 
+def test_saving_over_a_large_file_releases_the_old_one(tmp_path, monkeypatch):
+    """The old file's blocks are freed by a background close; no descriptor is leaked and
+    the new file is in place when save returns."""
+    import threading
+
+    from hookwrap import _fs
+
+    monkeypatch.setattr(_fs, "_DEFER_RELEASE_BYTES", 1)
+    target = tmp_path / "m.safetensors"
+    old, new = small_cnn(seed=1), small_cnn(seed=2)
+    hw.save(old, target)
+    before = len(os.listdir("/proc/self/fd"))
+    for model in (new, old, new):
+        hw.save(model, target)
+    for thread in threading.enumerate():
+        if thread.name == "hookwrap-release":
+            thread.join(10)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert state_equal(hw.load(target, base=small_cnn(seed=3)).state_dict(), new.state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def _dead_pid():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
