@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -86,12 +87,13 @@ _DEFER_RELEASE_BYTES = 64 << 20
 def _hold_old(target: Path) -> int | None:
     if os.name != "posix":  # Windows cannot replace a file that is open
         return None
-    try:
-        fd = os.open(target, os.O_RDONLY)
+    try:  # non-blocking: a FIFO at the target must not hang the save
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        if os.fstat(fd).st_size >= _DEFER_RELEASE_BYTES:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size >= _DEFER_RELEASE_BYTES:
             return fd
     except OSError:
         pass
