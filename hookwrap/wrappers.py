@@ -77,9 +77,14 @@ class Wrapper(nn.Module):
     """
 
     kind: ClassVar[str] = ""
-    # True when hookwrap_post is "apply forward to the (primary) output": the host then
-    # calls the wrapper directly on a tensor output, one Python call fewer per forward.
+    # True when hookwrap_post is the base one ("apply forward to the primary output"): the
+    # host then calls the wrapper directly on a tensor output, one Python call fewer per
+    # forward. Derived for every subclass, so overriding hookwrap_post is always honoured.
     elementwise: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.elementwise = cls.hookwrap_post is Wrapper.hookwrap_post
 
     def _run(self, x: Tensor, training: bool) -> Tensor:
         raise NotImplementedError
@@ -499,7 +504,6 @@ class CapturedHook(Wrapper):
     """
 
     kind = "CapturedHook"
-    elementwise = False
     _gm: Any  # the decoded fx.GraphModule: a plain attribute, not a child module
 
     def __init__(

@@ -40,6 +40,30 @@ def test_install_order_new_pre_outside_new_post_after():
         assert torch.equal(lin(x), nn.Linear.forward(lin, x * 3.0 * 2.0) + 1.0 + 5.0)
 
 
+def test_a_wrapper_overriding_hookwrap_post_is_called_through_it():
+    """Subclasses may override hookwrap_post (it sees the host and its inputs); the host
+    must call that override, not the elementwise shortcut."""
+
+    class AddInput(W.Wrapper):
+        kind = "test.AddInput"
+
+        def hookwrap_post(self, host, args, kwargs, output):
+            return output + args[0]
+
+    class Double(W.Wrapper):
+        kind = "test.Double"
+
+        def _run(self, x, training):
+            return x * 2.0
+
+    assert not AddInput.elementwise and Double.elementwise and W.Scale.elementwise
+    lin = nn.Linear(3, 3)
+    W.install(lin, post=[AddInput(), Double()])
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(lin(x), (nn.Linear.forward(lin, x) + x) * 2.0)
+
+
 @pytest.mark.parametrize("container", ["sequential", "modulelist", "moduledict"])
 def test_containers_do_not_see_the_wrapper_lists(container):
     layers = [nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)]
