@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree
 
+from . import wrappers as W
 from .errors import HookwrapError, InvalidArgumentError
 
 __all__ = ["bisect", "BisectReport", "LayerError"]
@@ -147,13 +148,12 @@ def _scopes(node: Any) -> list[str] | None:
     return None
 
 
-def _torch_outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[str, nn.Module, list[np.ndarray]]], set[str]]:
+def _torch_outputs(model: nn.Module, args: tuple, mode: Any) -> tuple[list[tuple[str, nn.Module, list[np.ndarray]]], set[str]]:
+    """One seeded run of ``model`` under ``mode`` (the caller's RNG untouched): every
+    module's output leaves in execution order, and the paths of modules called twice."""
     order: list[tuple[str, nn.Module, list[np.ndarray]]] = []
     calls: dict[str, int] = {}
     handles = []
-    first: dict[int, tuple[str, nn.Module]] = {}
-    for p, m in model.named_modules(remove_duplicate=False):
-        first.setdefault(id(m), (p, m))
 
     def make(path: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -165,9 +165,9 @@ def _torch_outputs(model: nn.Module, args: tuple) -> tuple[list[tuple[str, nn.Mo
         return hook
 
     try:
-        for path, module in first.values():
+        for path, module in model.named_modules():
             handles.append(module.register_forward_hook(make(path)))
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), mode:
             torch.manual_seed(0)
             model(*args)
     finally:
@@ -238,8 +238,8 @@ def bisect(
     import onnxruntime as ort
 
     from ._txn import eval_mode
-    from .export import graph_random_ops
-    from .parity import _input_sets, _SeededOps, _signature
+    from .export import random_ops_of
+    from .parity import _compare_exact, _input_sets, _SeededOps, _signature
 
     start = time.perf_counter()
     if not isinstance(reference, nn.Module):
@@ -247,15 +247,15 @@ def bisect(
     path = Path(onnx_path)
     if not path.is_file():
         raise HookwrapError(f"ONNX file {str(path)!r} does not exist")
-    if graph_random_ops(path):
-        raise HookwrapError(
-            f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
-            f"deterministic model (compare a copy with its dropout switched off)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise HookwrapError(f"{path.name} cannot be opened: {type(exc).__name__}: {exc}") from None
+    if random_ops_of(proto):
+        raise HookwrapError(
+            f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
+            f"deterministic model (compare a copy with its dropout switched off)")
     sig = _signature(session)
     del session
     sets, _, spec = _input_sets(inputs if not isinstance(inputs, list) else inputs[:1], sig, seed=0,
@@ -264,16 +264,13 @@ def bisect(
     tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
     args = tuple(_pytree.tree_unflatten(tensors, spec)) if spec is not None else tuple(tensors)
 
+    watch = _SeededOps()
     with eval_mode(reference):
-        watch = _SeededOps()
-        with watch.mode, torch.no_grad():
-            torch.manual_seed(0)
-            reference(*args)
-        if watch.seen:
-            raise HookwrapError(
-                f"the reference draws random numbers ({', '.join(sorted(watch.seen))}): bisect compares one run "
-                f"of each side, so it needs a deterministic model")
-        order, repeated = _torch_outputs(reference, args)
+        order, repeated = _torch_outputs(reference, args, watch.mode)
+    if watch.seen:
+        raise HookwrapError(
+            f"the reference draws random numbers ({', '.join(sorted(watch.seen))}): bisect compares one run "
+            f"of each side, so it needs a deterministic model")
 
     bounds, scoped = _boundaries(proto.graph)
     notes: list[str] = []
@@ -281,6 +278,7 @@ def bisect(
         notes.append(f"{path.name} has no module-scope metadata; export it with the dynamo exporter "
                      f"(hw.export_onnx's default) to bisect")
     skipped: list[tuple[str, str]] = []
+    shapes = _value_shapes(proto)
     wanted: list[tuple[str, nn.Module, list[np.ndarray], str]] = []
     for module_path, module, leaves in order:
         if not leaves:
@@ -295,8 +293,7 @@ def bisect(
             if len(values) == len(leaves):
                 value = values[0]
             else:
-                candidates = [v for v in values if v in _value_shapes(proto) and
-                              _compatible(_value_shapes(proto)[v], shape)]
+                candidates = [v for v in values if v in shapes and _compatible(shapes[v], shape)]
                 if len(candidates) != 1:
                     skipped.append((module_path, f"its output cannot be identified among {len(values)} ONNX values"))
                     continue
@@ -312,37 +309,24 @@ def bisect(
             skipped.append((module_path, f"shape differs ({None if got is None else list(got.shape)} vs "
                                          f"{list(ref.shape)}): not comparable"))
             continue
-        r, g = ref.astype(np.float64), got.astype(np.float64)
-        both = np.isfinite(r) & np.isfinite(g)
-        diff = np.abs(g - r)
-        finite = diff[both]
-        mag = np.abs(r[both])
-        ok_nonfinite = np.array_equal(np.isnan(r), np.isnan(g)) and np.array_equal(r[np.isinf(r)], g[np.isinf(r)])
-        passed = bool(ok_nonfinite and np.all(finite <= atol + rtol * mag))
-        nz = mag > 0
+        # The parity rule, value by value (NaNs and infinities must match too).
+        stats = _compare_exact(ref, got.astype(ref.dtype, copy=False), atol, rtol)
         layers.append(LayerError(
-            index=len(layers), path=module_path, module=type(module).__name__.removeprefix("Hookwrapped"),
-            shape=list(ref.shape), max_abs_diff=float(finite.max()) if finite.size else 0.0,
-            mean_abs_diff=float(finite.mean()) if finite.size else 0.0,
-            max_rel_diff=float((finite[nz] / mag[nz]).max()) if nz.any() else 0.0, passed=passed,
+            index=len(layers), path=module_path, module=W.host_base(module).__name__,
+            shape=list(ref.shape), max_abs_diff=stats["max_abs_diff"], mean_abs_diff=stats["mean_abs_diff"],
+            max_rel_diff=stats["max_rel_diff"], passed=bool(stats.get("passed", False)),
         ))
     return BisectReport(onnx=str(path), atol=float(atol), rtol=float(rtol), layers=layers, skipped=skipped,
                         notes=notes, seconds=time.perf_counter() - start)
 
 
-_SHAPE_CACHE: dict[int, dict[str, list[int | None]]] = {}
-
-
 def _value_shapes(proto: Any) -> dict[str, list[int | None]]:
-    cached = _SHAPE_CACHE.get(id(proto))
-    if cached is None:
-        cached = {}
-        for info in [*proto.graph.value_info, *proto.graph.output]:
-            dims = info.type.tensor_type.shape.dim
-            cached[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        _SHAPE_CACHE.clear()
-        _SHAPE_CACHE[id(proto)] = cached
-    return cached
+    """Declared shape of every value the graph annotates (``None`` for symbolic dims)."""
+    shapes: dict[str, list[int | None]] = {}
+    for info in [*proto.graph.value_info, *proto.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
 
 
 def _compatible(onnx_shape: list[int | None], shape: tuple[int, ...]) -> bool:

@@ -49,11 +49,22 @@ def test_a_correct_export_has_no_divergent_layer(case):
     assert all(reason for _, reason in good.skipped)
 
 
-def test_perturbed_initializer_is_found_at_its_layer(case):
+def test_bisect_leaves_the_callers_random_state_alone(case):
+    name, model, x, folder, good = case
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    again = hw.bisect(model, folder / "good.onnx", (x,))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [layer.path for layer in again.layers] == [layer.path for layer in good.layers]
+
+
+@pytest.mark.parametrize("shift", [0.5, np.inf], ids=["plus_half", "plus_inf"])
+def test_perturbed_initializer_is_found_at_its_layer(case, shift):
     """Shift the bias of a Conv/Gemm in the middle of the network by 0.5, or its weight
     where the exporter removed the (zero) bias. (A small weight shift can vanish in these
     randomly initialised models, whose deep activations can be tiny; a bias shift moves
-    that layer's output by 0.5, far beyond the tolerance.)"""
+    that layer's output by 0.5, far beyond the tolerance.) With +inf the layer's output
+    turns infinite where the reference is finite: that layer, not a later one, diverges."""
     name, model, x, folder, good = case
     compared = [layer.path for layer in good.layers]
     proto = onnx.load(str(folder / "good.onnx"))
@@ -65,7 +76,7 @@ def test_perturbed_initializer_is_found_at_its_layer(case):
     layer_k = bias.rsplit(".", 1)[0]              # the module the initializer belongs to
     fused_into = scopes(node)[-1]                 # the module whose ONNX node uses it (conv+bn fused)
     init = weights[bias]
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), bias))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(shift), bias))
     onnx.save(proto, str(folder / "perturbed.onnx"))
     report = hw.bisect(model, folder / "perturbed.onnx", (x,))
     assert report.first_divergent in (layer_k, fused_into), (bias, report.summary())
