@@ -27,7 +27,8 @@ def main() -> int:
         print(f"== {script.name}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-        text = proc.stdout[proc.stdout.find("{"):]
+        start_json = proc.stdout.find("{")
+        text = proc.stdout[start_json:] if start_json >= 0 else ""
         if proc.returncode != 0 or not text:
             results.append({"benchmark": name, "name": f"{name}_ran", "value": proc.returncode, "limit": 0,
                             "pass": False})
@@ -35,6 +36,13 @@ def main() -> int:
         for fig in json.loads(text)["figures"]:
             results.append({"benchmark": name, **fig})
         print(f"   {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    if not only:
+        minutes = (time.perf_counter() - started) / 60
+        results.append({"benchmark": "run_all", "name": "make_bench_minutes", "value": round(minutes, 2),
+                        "limit": 60, "pass": minutes <= 60})
+    if not results:
+        print(f"no benchmark matches {only}; known: {', '.join(ORDER)}", file=sys.stderr)
+        return 2
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     width = max(len(r["name"]) for r in results)
     print(f"{'figure':{width}}  {'value':>12}  {'limit':>8}  pass")

@@ -1,13 +1,15 @@
 """Hypothesis strategies that mutate hookwrap files, and the property every case must keep.
 
 The property: ``hw.load`` of a mutated file either succeeds or raises a ``HookwrapError``
-subclass; nothing else escapes, no case takes more than 5 s, and no module that was not
-imported before gets imported. Used by ``tests/test_fuzz.py`` (a few hundred cases in
+subclass; nothing else escapes, no case takes more than 5 s (a watchdog ends the process
+with every thread's traceback if one hangs, even inside native code), and no module that
+was not imported before gets imported. Used by ``tests/test_fuzz.py`` (a few hundred cases in
 ``make test``) and ``benchmarks/bench_fuzz.py`` (thousands in ``make bench``).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import struct
 import sys
@@ -148,12 +150,16 @@ def check_case(path: Path, payload: bytes) -> str:
     """Write ``payload`` and load it; return "loaded" or "refused", or raise AssertionError."""
     path.write_bytes(payload)
     before = set(sys.modules)
+    base = small_cnn()
     start = time.perf_counter()
+    faulthandler.dump_traceback_later(2 * CASE_LIMIT_SECONDS, exit=True)  # a hang ends the run
     try:
-        hw.load(path, base=small_cnn())
+        hw.load(path, base=base)
         outcome = "loaded"
     except hw.HookwrapError:
         outcome = "refused"
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     elapsed = time.perf_counter() - start
     new = set(sys.modules) - before
     assert not new, f"loading imported new modules: {sorted(new)}"
