@@ -183,8 +183,7 @@ def _files_table(files: list[Path]) -> Any:
     return _table("files written", rows)
 
 
-def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, args: argparse.Namespace,
-            quiet: bool, **kwargs: Any) -> Any:
+def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, quiet: bool, **kwargs: Any) -> Any:
     import hookwrap as hw
 
     if quiet:
@@ -242,10 +241,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise UsageError(f"--output must end with .safetensors, got {args.output!r}")
-    _output_folder(args.output)
     console = _console()
     model, example = load_spec(args.spec)
-    found = hw.inventory(model)
+    _output_folder(args.output)
+    found = None if args.json else hw.inventory(model)  # before convert, which clears global hooks
     with _status(console, "converting hooks", args.json):
         converted = hw.convert(model, example)
     with _status(console, f"saving {output}", args.json):
@@ -255,6 +254,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(json.dumps({"output": str(output), "bytes": output.stat().st_size,
                           "report": report.to_dict() if report else None}, indent=2))
         return EXIT_OK
+    assert found is not None
     console.print(_table(f"{len(found)} hook(s) found", found.rows()) if len(found) else "no hooks found")
     if report and len(report):
         console.print(_table("conversion report", report.rows()))
@@ -278,7 +278,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 opset=args.opset, exporter=args.exporter)
     report = None
     if args.check:
-        report = _parity(console, model, args.output, example, args, args.json)
+        report = _parity(console, model, args.output, example, args.json)
     if args.json:
         data = result.to_dict()
         if report is not None:
@@ -311,7 +311,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if path:
             _output_folder(path)
     inputs: Any = args.inputs if args.inputs else example
-    report = _parity(console, model, args.onnx, inputs, args, False, atol=args.atol, rtol=args.rtol,
+    report = _parity(console, model, args.onnx, inputs, False, atol=args.atol, rtol=args.rtol,
                      samples=args.samples, seed=args.seed, weights=args.weights)
     if args.bisect and not report:
         try:

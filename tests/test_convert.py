@@ -364,6 +364,12 @@ def test_root_hooks_convert_and_export_to_onnx(tmp_path):
     assert type(converted).__name__ == "HookwrappedResNet"
     assert isinstance(converted, type(build("resnet18")))
     assert not forward_hooks(converted)
+    model.eval()
+    converted.eval()
+    with torch.no_grad():
+        for batch in (1, 3):
+            xb = torch.randn(batch, 3, 64, 64)
+            assert torch.equal(converted(xb), model(xb)), f"batch {batch}"
     path = tmp_path / "root.onnx"
     program = torch.onnx.export(converted, (x,), dynamo=True, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim("batch")},))

@@ -315,15 +315,11 @@ def test_truncated_files(tmp_path):
     for cut in offsets:
         path = tmp_path / f"cut{cut}.safetensors"
         path.write_bytes(raw[:cut])
-        if cut < data_start:
-            expected = "header"  # the header itself is cut
-            with pytest.raises(hw.ManifestError) as info:
-                hw.load(path, base=small_cnn())
-            assert "header" in str(info.value) or "entry" in str(info.value), (cut, str(info.value))
+        if cut < data_start:  # the header itself is cut
+            assert_refused(path, "header", error=hw.ManifestError)
             continue
         first_cut = next(k for b, e, k in spans if data_start + e > cut)
-        expected = first_cut
-        assert_refused(path, expected, error=hw.ManifestError)
+        assert_refused(path, first_cut, error=hw.ManifestError)
 
 
 def test_bit_flips_in_the_header(tmp_path):
@@ -353,7 +349,10 @@ def test_bit_flips_in_the_header(tmp_path):
         elif entry == "__metadata__":
             assert any(k in message for k in ("__metadata__", "hookwrap", "format", "metadata")), (pos, message)
         else:
-            assert entry in message or "header" in message or entry.split(".")[0] in message, (pos, entry, message)
+            start = next(start for start, end, key in entries if key == entry)
+            as_flipped = bytes(flipped[start + 1:start + 1 + len(entry.encode())]).decode("utf-8", "replace")
+            # The entry is named as the original has it, or as the flip renamed it.
+            assert entry in message or as_flipped in message or "header" in message, (pos, entry, message)
 
 
 # ----------------------------------------------------------------------------------------

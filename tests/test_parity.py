@@ -73,15 +73,18 @@ def test_planted_fault_perturbed_initializer(resnet_case):
     worst = max(failing, key=lambda c: c.required_atol)
     assert worst.required_atol > 1e-4 and f"would pass with atol >= {worst.required_atol:.3g}" in worst.message
     assert worst.output in report.summary()
-    assert hw.check_parity(model, folder / "perturbed.onnx", (x,), atol=worst.required_atol * 1.01 + 1e-6,
-                           random_inputs=0) or report.checks[0].required_atol > worst.required_atol
+    # The tolerance the report names is enough: checked again at it, the same inputs pass.
+    assert hw.check_parity(model, folder / "perturbed.onnx", (x,), atol=worst.required_atol * 1.01 + 1e-6)
 
 
 def test_planted_fault_hooks_stripped_before_export(resnet_case, tmp_path):
     model, x, _ = resnet_case
     hw.export_onnx(hw.strip(model), (x,), tmp_path / "stripped.onnx")
     report = hw.check_parity(model, tmp_path / "stripped.onnx", (x,))
-    assert not report and report.failures()[0].required_atol > 1e-4
+    assert not report
+    worst = max(report.failures(), key=lambda c: c.required_atol)
+    assert worst.required_atol > 1e-4 and f"would pass with atol >= {worst.required_atol:.3g}" in worst.message
+    assert worst.output in report.summary()
     with pytest.raises(hw.ParityError) as info:
         hw.assert_parity(model, tmp_path / "stripped.onnx", (x,))
     assert info.value.report.passed is False and "FAILED" in str(info.value)
