@@ -20,7 +20,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (renames) durable."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -106,14 +107,15 @@ def _release(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it replaces ``target``.
+def private_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new hidden folder next to ``target`` for writing its replacement; removed at the end.
 
-    Whatever the block writes to the temporary path is fsynced and then moved over
-    ``target`` with ``os.replace``, so a crash at any moment leaves either the old file
-    or the new one at ``target``, never a mix. On error the temporary folder is removed;
-    files left by writers that were killed are removed by the next write (see
-    :func:`sweep_stale`).
+    A folder rather than a bare temporary file: writers such as safetensors' own save make
+    temporary files next to the path they are given, and those must not outlive a crash.
+    Folders that killed writers left are removed first (see :func:`sweep_stale`).
+
+    Raises:
+        InvalidArgumentError: ``target``'s folder does not exist.
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
@@ -122,31 +124,52 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
         raise InvalidArgumentError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
     sweep_stale(target)
-    # A private folder rather than a bare file: writers such as safetensors' own save make
-    # temporary files next to the path they are given, and those must not outlive a crash.
     tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=folder))
-    tmp = tmpdir / target.name
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        try:
-            mode = target.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
-        os.chmod(tmp, mode)
-        old = _hold_old(target)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.close(old)
-            raise
-        if old is not None:
-            _release(old)
-        _fsync_dir(folder)
+        yield tmpdir
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Make the finished file ``tmp`` durable and move it over ``target`` (same folder).
+
+    ``tmp`` is fsynced and gets ``target``'s permissions (or the umask's for a new file);
+    ``os.replace`` then swaps it in. Call :func:`fsync_dir` on the folder afterwards.
+    """
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    os.chmod(tmp, mode)
+    old = _hold_old(target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.close(old)
+        raise
+    if old is not None:
+        _release(old)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces ``target``.
+
+    Whatever the block writes to the temporary path is fsynced and then moved over
+    ``target`` with ``os.replace``, so a crash at any moment leaves either the old file
+    or the new one at ``target``, never a mix. On error the temporary folder is removed;
+    files left by writers that were killed are removed by the next write.
+    """
+    target = Path(target)
+    with private_folder(target) as tmpdir:
+        tmp = tmpdir / target.name
+        yield tmp
+        commit(tmp, target)
+        fsync_dir(target.parent if str(target.parent) else Path("."))
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

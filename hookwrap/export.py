@@ -6,8 +6,6 @@ import contextlib
 import inspect
 import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -20,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree
 
-from ._fs import sweep_stale, temp_prefix
+from ._fs import commit, fsync_dir, private_folder
 from ._txn import deepcopy_model, eval_mode
 from .convert import check_example_inputs, convert, convert_in_place
 from .errors import ExportError, HookwrapError, InvalidArgumentError
@@ -323,9 +321,7 @@ def export_onnx(
         # A copy whose modules and hooks are new but whose weights are shared, read-only.
         subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
     report = conversion_report(subject)
-    sweep_stale(target)
-    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
-    try:
+    with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name
         with eval_mode(subject):
             try:
@@ -345,10 +341,9 @@ def export_onnx(
         files: list[Path] = []
         for item in written:  # data files first, the .onnx last: it names them
             dest = target.parent / item.name
-            os.replace(item, dest)
+            commit(item, dest)
             files.append(dest)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        fsync_dir(target.parent)
     counts = Counter(node.op_type for node in _all_nodes(proto))
     opset_version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     random = random_ops_of(proto)
