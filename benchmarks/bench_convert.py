@@ -13,7 +13,6 @@ convert() on vgg16 is quick.
 
 from __future__ import annotations
 
-import copy
 import statistics
 
 import torch
@@ -95,7 +94,7 @@ def main() -> None:
     mlp_ratio = interleaved_ratio(lambda: mlp_converted(xm), lambda: mlp_hand(xm), rounds=41, inner=50)
     # The same hand-written MLP against a copy of itself: the noise floor of this ratio
     # when the two sides' weights sit at different addresses (convert() returns a copy).
-    mlp_copy = copy.deepcopy(mlp(hooked=False))
+    mlp_copy = mlp(hooked=False)
     floor = interleaved_ratio(lambda: mlp_copy(xm), lambda: mlp_hand(xm), rounds=41, inner=50)
 
     emit("convert", [

@@ -5,21 +5,18 @@ data, the length prefix). Every case must load or raise a HookwrapError subclass
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from _common import ROOT, emit, figure
+from _common import emit, figure  # first: it puts the project and tests/ on sys.path
+from fuzzing import check_case, mutated, seed_file
+from helpers import small_cnn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-sys.path.insert(0, str(ROOT / "tests"))
-from fuzzing import check_case, mutated, seed_file  # noqa: E402
-from helpers import small_cnn  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import hookwrap as hw  # noqa: E402
+import hookwrap as hw
 
 CASES = 2500
 

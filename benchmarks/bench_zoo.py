@@ -16,10 +16,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import ROOT, emit, figure
-
-sys.path.insert(0, str(ROOT / "tests"))
-from zoo.sweep import Row, plan, sweep_one, table  # noqa: E402
+from _common import emit, figure  # first: it puts the project and tests/ on sys.path
+from zoo.sweep import Row, plan, sweep_one, table
 
 
 def _worker_init() -> None:

@@ -54,7 +54,7 @@ def main() -> None:
           f"{raw_counts.get('Mul', 0):>6}{len(raw.graph.initializer):>14}")
     print(f"{'pruned, baked by hookwrap':28}{baked.path.stat().st_size / 1e6:>10.1f}MB{baked.nodes:>8}"
           f"{baked.node_counts.get('Mul', 0):>6}{len(onnx.load(str(baked.path)).graph.initializer):>14}")
-    print(f"baked: {len(hw.conversion_report(hw.convert(model, example)).of('baked'))} pruned convs")
+    print(f"baked: {len(baked.report.of('baked'))} pruned convs")
     report = hw.check_parity(model, baked.path, example)
     print(report.summary())
 

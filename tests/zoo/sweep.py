@@ -159,10 +159,9 @@ def sweep_one(name: str, params: int, folder: Path, *, dynamic_batch: bool = Tru
     except Exception as exc:
         row.failed_step = step
         row.reason = _one_line(exc)
-        row.steps.setdefault("traceback", 0.0)
         row.reason += "" if isinstance(exc, AssertionError) else f" [{traceback.extract_tb(exc.__traceback__)[-1].name}]"
     finally:
-        row.steps = {k: round(v, 2) for k, v in row.steps.items() if k != "traceback"}
+        row.steps = {k: round(v, 2) for k, v in row.steps.items()}
         with contextlib.suppress(OSError):
             for file in folder.glob(f"{name}.*"):
                 file.unlink()
