@@ -47,6 +47,11 @@ def interleaved_ratio(candidate: Callable[[], Any], baseline: Callable[[], Any],
     }
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Min and max of a figure's rounds, reported next to its median."""
+    return {"min": round(min(values), 4), "max": round(max(values), 4), "rounds": len(values)}
+
+
 def figure(name: str, value: float, limit: float | None, *, better: str = "lower", **extra: Any) -> dict[str, Any]:
     passed = None if limit is None else (value <= limit if better == "lower" else value >= limit)
     return {"name": name, "value": round(value, 4), "limit": limit, "pass": passed, **extra}

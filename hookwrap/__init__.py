@@ -32,6 +32,7 @@ _EXPORTS = {
     "save": "io",
     "load": "io",
     "read_manifest": "io",
+    "verify": "io",
     "stripped": "strip",
     "conversion_report": "report",
     "ConversionReport": "report",
@@ -91,7 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .export import ExportResult, export_onnx
     from .hooks import HookHandle, attach
     from .inventory import HookInfo, Inventory, inventory
-    from .io import load, read_manifest, save
+    from .io import load, read_manifest, save, verify
     from .parity import ParityReport, assert_parity, check_parity
     from .registry import register_converter
     from .report import ConversionReport, conversion_report

@@ -1,4 +1,5 @@
-"""Atomic file writes: temporary file in the same folder, fsync, ``os.replace``."""
+"""Files: atomic writes (temporary file in a private folder, fsync, ``os.replace``) and
+safe reads (regular files only, opened without blocking, every OS error a HookwrapError)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,76 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from .errors import HookwrapError, InvalidArgumentError
+
+# What can go wrong when a path from a user or a file meets the operating system: OS errors,
+# a NUL byte or a surrogate in the path (ValueError, UnicodeError), huge numbers.
+FILE_ERRORS = (OSError, ValueError, UnicodeError, OverflowError)
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """``"No such file or directory"`` rather than ``"[Errno 2] No such file or directory: '...'"``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def file_errors(path: object, action: str, error: type[HookwrapError] = HookwrapError) -> Iterator[None]:
+    """Turn the OS's errors inside the block into ``error`` naming ``path`` and ``action``."""
+    try:
+        yield
+    except HookwrapError:
+        raise
+    except FILE_ERRORS as exc:
+        raise error(f"{_show(path)}: cannot {action}: {describe_os_error(exc)}") from None
+
+
+def _show(path: object) -> str:
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else repr(path)
+    return repr(text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace"))
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path: str | os.PathLike[str], *, what: str = "file",
+                 error: type[HookwrapError] = HookwrapError) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (symlinks to one are fine).
+
+    The open itself never blocks (``O_NONBLOCK``: a FIFO with no writer would otherwise
+    hang), and the file type is checked on the open descriptor (``fstat``), so the file
+    cannot be swapped between the check and the read.
+
+    Raises:
+        ``error``: the path does not exist, cannot be opened, or is a FIFO, a device, a
+            socket or a directory. The message names the path.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"{what} must be a path, got {type(path).__name__}")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    with file_errors(path, f"open the {what}", error):
+        fd = os.open(path, flags)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+                raise error(f"{_show(path)}: the {what} is {kind}; hookwrap reads only regular files")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def fd_path(handle: BinaryIO, fallback: str | os.PathLike[str]) -> str:
+    """A path that opens the very file behind ``handle`` (``/proc/self/fd/N`` on Linux), for
+    libraries that take only paths; ``fallback`` where the OS has no such path."""
+    proc = f"/proc/self/fd/{handle.fileno()}"
+    return proc if os.path.exists(proc) else os.fspath(fallback)
 
 TMP_MARK = ".hookwrap-tmp-"
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
@@ -119,12 +190,11 @@ def private_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        from .errors import InvalidArgumentError
-
-        raise InvalidArgumentError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
-    sweep_stale(target)
-    tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=folder))
+    with file_errors(target, "write there"):
+        if not folder.is_dir():
+            raise InvalidArgumentError(f"cannot write {str(target)!r}: folder {str(folder)!r} does not exist")
+        sweep_stale(target)
+        tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=folder))
     try:
         yield tmpdir
     finally:
@@ -168,11 +238,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name
         yield tmp
-        commit(tmp, target)
-        fsync_dir(target.parent if str(target.parent) else Path("."))
+        with file_errors(target, "replace it"):
+            commit(tmp, target)
+            fsync_dir(target.parent if str(target.parent) else Path("."))
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically (UTF-8)."""
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, file_errors(target, "write it"):
         tmp.write_text(text, encoding="utf-8")

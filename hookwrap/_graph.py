@@ -2,10 +2,15 @@
 
 ``encode`` turns an FX graph of ``call_function`` nodes into plain JSON; ``decode``
 rebuilds an ``fx.GraphModule`` from it. Decoding never imports anything and never
-evaluates text from the file: every target must be an ``aten`` operator overload found
-through ``torch.ops.aten`` or one of a fixed set of Python and ``torch.sym_*``
-functions, every argument is a JSON scalar, a list, a reference to an earlier node or
-one of a few tagged torch enums. Anything else is refused with :class:`GraphFormatError`.
+evaluates text from the file. Every target must be on :data:`ALLOWED_OPS`, an explicit
+allowlist of pure tensor operators (arithmetic, comparisons, activations, reductions,
+shape and view ops, indexing, linear algebra, casts, creation of initialised tensors,
+random ops for dropout and noise, symbolic sizes), or one of a fixed set of Python and
+``torch.sym_*`` functions on numbers. No operator that writes to its arguments, reads or
+writes files or memory maps, returns uninitialised memory, or changes global state is
+on it. Every argument is a JSON scalar, a list, a reference to an earlier node or one of
+a few tagged torch enums; Python functions take only nodes and small numbers. Anything
+else is refused with :class:`GraphFormatError`, which names the operator.
 
 Schema (``version`` 1)::
 
@@ -31,21 +36,135 @@ from torch import fx, nn
 
 GRAPH_VERSION = 1
 MAX_NODES = 100_000
+MAX_PY_NUMBER = 2**31  # the largest constant a Python function node may take
+MAX_CONSTANT_ELEMENTS = 2**31  # the largest size a constant size list may name
+
+# The allowlist, by family: ``aten.<name>.<overload>``. Built from every operator that
+# capture produced over the test suite, the torchvision zoo and a corpus of realistic
+# hooks, plus close siblings, then reviewed by hand. Capture functionalises graphs and
+# turns empty/new_empty/empty_like into their zero-filled forms, so no in-place or
+# uninitialising operator is needed. tests/test_graph.py checks that every entry exists
+# and mutates none of its arguments.
+ALLOWED_FAMILIES: dict[str, tuple[str, ...]] = {
+    "arithmetic": (
+        "add.Tensor", "add.Scalar", "sub.Tensor", "sub.Scalar", "rsub.Tensor", "rsub.Scalar", "mul.Tensor",
+        "mul.Scalar", "div.Tensor", "div.Scalar", "div.Tensor_mode", "div.Scalar_mode", "neg.default",
+        "abs.default", "sign.default", "sgn.default", "signbit.default", "reciprocal.default",
+        "sqrt.default", "rsqrt.default", "square.default", "pow.Tensor_Scalar", "pow.Tensor_Tensor",
+        "pow.Scalar", "exp.default", "exp2.default", "expm1.default", "log.default", "log2.default",
+        "log10.default", "log1p.default", "sin.default", "cos.default", "tan.default", "sinh.default", "cosh.default",
+        "asin.default", "acos.default", "atan.default", "atan2.default", "erf.default", "erfc.default", "floor.default",
+        "ceil.default", "round.default", "round.decimals", "trunc.default", "clamp.default", "clamp.Tensor",
+        "clamp_min.default", "clamp_min.Tensor", "clamp_max.default", "clamp_max.Tensor", "clip.default",
+        "clip.Tensor", "maximum.default", "minimum.default", "lerp.Scalar", "lerp.Tensor",
+        "addcmul.default", "addcdiv.default", "floor_divide.default", "floor_divide.Scalar",
+        "remainder.Scalar", "remainder.Tensor", "fmod.Scalar", "fmod.Tensor", "nan_to_num.default",
+    ),
+    "comparison_logical": (
+        "eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "gt.Scalar", "gt.Tensor", "ge.Scalar",
+        "ge.Tensor", "lt.Scalar", "lt.Tensor", "le.Scalar", "le.Tensor", "where.self", "where.ScalarSelf",
+        "where.ScalarOther", "where.Scalar", "masked_fill.Scalar", "masked_fill.Tensor",
+        "logical_and.default", "logical_or.default", "logical_xor.default", "logical_not.default",
+        "bitwise_and.Tensor", "bitwise_or.Tensor", "bitwise_xor.Tensor", "bitwise_not.default",
+        "__and__.Tensor", "__or__.Tensor", "__xor__.Tensor", "isfinite.default", "isnan.default",
+        "isinf.default", "any.default", "any.dim", "all.default", "all.dim",
+    ),
+    "activations": (
+        "relu.default", "relu6.default", "leaky_relu.default", "gelu.default", "silu.default",
+        "mish.default", "elu.default", "celu.default", "selu.default", "prelu.default", "sigmoid.default",
+        "tanh.default", "hardtanh.default", "hardswish.default", "hardsigmoid.default", "softplus.default",
+        "log_sigmoid.default", "threshold.default", "hardshrink.default", "softshrink.default",
+        "glu.default", "softmax.int", "log_softmax.int",
+    ),
+    "reductions": (
+        "sum.default", "sum.dim_IntList", "mean.default", "mean.dim", "prod.default", "prod.dim_int",
+        "amax.default", "amin.default", "max.default", "max.dim", "min.default", "min.dim",
+        "argmax.default", "argmin.default", "var.dim", "var.correction", "std.dim", "std.correction",
+        "var_mean.dim", "var_mean.correction", "std_mean.dim", "std_mean.correction",
+        "linalg_vector_norm.default", "logsumexp.default", "cumsum.default", "cumprod.default",
+        "cummax.default", "cummin.default", "topk.default", "sort.default", "sort.stable",
+        "argsort.default", "median.default", "median.dim", "quantile.scalar", "quantile.default",
+        "item.default",
+    ),
+    "shape_view": (
+        "view.default", "reshape.default", "view_as.default", "reshape_as.default", "permute.default",
+        "transpose.int", "t.default", "mT.default", "movedim.int", "flatten.using_ints", "unflatten.int",
+        "unsqueeze.default", "squeeze.default", "squeeze.dim", "squeeze.dims", "expand.default",
+        "expand_as.default", "broadcast_to.default", "repeat.default", "tile.default",
+        "repeat_interleave.self_int", "flip.default", "roll.default", "cat.default", "stack.default",
+        "split.Tensor", "split_with_sizes.default", "chunk.default", "unbind.int", "narrow.default",
+        "pad.default", "constant_pad_nd.default", "tril.default", "triu.default", "diag.default",
+    ),
+    "indexing_slicing": (
+        "slice.Tensor", "select.int", "index.Tensor", "index_select.default", "gather.default",
+        "scatter.value", "scatter.src", "scatter_add.default", "index_put.default", "index_add.default",
+        "select_scatter.default", "slice_scatter.default", "one_hot.default", "embedding.default",
+    ),
+    "linear_algebra": (
+        "matmul.default", "mm.default", "bmm.default", "mv.default", "dot.default", "outer.default",
+        "addmm.default", "baddbmm.default", "einsum.default", "linear.default",
+        "scaled_dot_product_attention.default", "cosine_similarity.default",
+    ),
+    "nn_layers": (
+        "conv1d.default", "conv2d.default", "layer_norm.default", "rms_norm.default", "group_norm.default",
+        "instance_norm.default", "avg_pool2d.default", "max_pool2d.default", "adaptive_avg_pool2d.default",
+        "adaptive_max_pool2d.default", "upsample_nearest2d.vec", "upsample_bilinear2d.vec",
+    ),
+    "casts_copies": (
+        "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default", "_to_copy.default",
+        "clone.default", "contiguous.default", "detach.default", "lift_fresh_copy.default",
+        "_assert_tensor_metadata.default",
+    ),
+    "creation": (
+        "zeros_like.default", "ones_like.default", "full_like.default", "zeros.default", "ones.default",
+        "full.default", "new_zeros.default", "new_ones.default", "new_full.default", "arange.default",
+        "arange.start", "arange.start_step", "fill.Scalar", "fill.Tensor",
+    ),
+    "random": (
+        "dropout.default", "feature_dropout.default", "alpha_dropout.default",
+        "feature_alpha_dropout.default", "native_dropout.default", "bernoulli.default", "bernoulli.p",
+        "rand_like.default", "randn_like.default", "randint_like.default", "randint_like.low_dtype",
+        "rand.default", "randn.default", "normal.Tensor_float", "normal.float_Tensor",
+        "normal.Tensor_Tensor", "normal_functional.default", "uniform.default", "multinomial.default",
+    ),
+    "symbolic_size": (
+        "sym_size.int", "_assert_scalar.default",
+    ),
+}
+ALLOWED_OPS = frozenset(f"aten.{op}" for ops in ALLOWED_FAMILIES.values() for op in ops)
 
 _NAME = re.compile(r"^(?!__)[A-Za-z_][A-Za-z0-9_]*$")
+MAX_INT_RESULT = 2**62
 
-_PY_FUNCS: dict[str, Any] = {
-    f"operator.{n}": getattr(operator, n)
-    for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow",
-              "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs")
+
+def _bounded(fn: Any, name: str) -> Any:
+    """``fn`` refusing integer results beyond :data:`MAX_INT_RESULT`: repeated squaring of a
+    size would otherwise build ever larger Python integers."""
+
+    def run(*args: Any) -> Any:
+        if name == "operator.pow" and all(isinstance(a, int) for a in args):
+            base, exp = args
+            if exp < 0 or exp > 64 or base.bit_length() * exp > 64:
+                raise OverflowError(f"{name}{args} is out of range for a captured graph")
+        result = fn(*args)
+        if isinstance(result, int) and abs(result) > MAX_INT_RESULT:
+            raise OverflowError(f"{name} gave an integer beyond {MAX_INT_RESULT} in a captured graph")
+        return result
+
+    run.__name__ = run.__qualname__ = name.replace(".", "_")
+    return run
+
+
+# Python functions that torch.export puts in graphs to compute with symbolic sizes.
+_PY_RAW: dict[str, Any] = {
+    **{f"operator.{n}": getattr(operator, n) for n in (
+        "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt", "le", "gt",
+        "ge")},
+    **{f"math.{n}": getattr(math, n) for n in ("ceil", "floor", "trunc")},
+    **{f"torch.{n}": getattr(torch, n) for n in ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not")},
 }
-_PY_FUNCS.update({f"math.{n}": getattr(math, n) for n in ("ceil", "floor", "sqrt", "trunc")})
-_PY_FUNCS.update({
-    f"torch.{n}": getattr(torch, n)
-    for n in ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sum")
-    if hasattr(torch, n)
-})
-_PY_NAMES = {id(fn): name for name, fn in _PY_FUNCS.items()}
+_PY_FUNCS: dict[str, Any] = {name: _bounded(fn, name) for name, fn in _PY_RAW.items()}
+_PY_NAMES = {id(fn): name for name, fn in [*_PY_RAW.items(), *_PY_FUNCS.items()]}
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16,
@@ -77,12 +196,13 @@ def _target_name(target: Any) -> str:
 
 def _resolve(name: Any) -> Any:
     if not isinstance(name, str):
-        raise GraphFormatError(f"node op must be a string, got {name!r}")
+        raise GraphFormatError(f"node op must be a string, got {str(name)[:80]!r}")
     if name in _PY_FUNCS:
         return _PY_FUNCS[name]
-    parts = name.split(".")
-    if len(parts) != 3 or parts[0] != "aten" or not all(_NAME.match(p) for p in parts[1:]):
-        raise GraphFormatError(f"node op {name!r} is not an allowed operator")
+    if name not in ALLOWED_OPS:
+        raise GraphFormatError(
+            f"node op {name[:120]!r} is not on the allowlist of pure tensor operations (hookwrap._graph.ALLOWED_OPS)")
+    parts = name.split(".")  # an allowlisted name: "aten.<op>.<overload>"
     try:
         packet = getattr(torch.ops.aten, parts[1])
         overload = getattr(packet, parts[2])
@@ -91,6 +211,35 @@ def _resolve(name: Any) -> Any:
     if not isinstance(overload, torch._ops.OpOverload):
         raise GraphFormatError(f"node op {name!r} is not an operator overload")
     return overload
+
+
+def _check_py_args(name: str, index: int, values: list[Any]) -> None:
+    """Python functions work on symbolic sizes: at least one argument is a graph value and
+    the others are small numbers, never containers or strings (``operator.mul([0], 10**12)``
+    would build a huge list)."""
+    if not any(isinstance(v, fx.Node) for v in values):
+        raise GraphFormatError(f"graph node {index} ({name}) computes on constants only; a captured graph "
+                               f"uses Python functions only on graph values")
+    for value in values:
+        if isinstance(value, fx.Node):
+            continue
+        if isinstance(value, (bool, int, float)) and abs(value) <= MAX_PY_NUMBER:
+            continue
+        raise GraphFormatError(
+            f"graph node {index} ({name}) takes {str(value)[:40]!r}; Python functions take only graph values "
+            f"and numbers up to {MAX_PY_NUMBER}")
+
+
+def _check_sizes(name: str, index: int, values: list[Any]) -> None:
+    """Constant size lists (``zeros([2**17, 2**17])``) are capped like stored constants."""
+    for value in values:
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+            count = 1
+            for v in value:
+                count *= abs(v)
+            if count > MAX_CONSTANT_ELEMENTS:
+                raise GraphFormatError(f"graph node {index} ({name}) names a size of {count} elements, "
+                                       f"more than {MAX_CONSTANT_ELEMENTS}")
 
 
 def encode(graph: fx.Graph, inputs: list[fx.Node], outputs: list[Any] | None = None) -> dict[str, Any]:
@@ -211,6 +360,10 @@ def decode(data: Any) -> fx.GraphModule:
         target = _resolve(spec["op"])
         args = tuple(dec(a) for a in spec["args"])
         kwargs = {k: dec(v) for k, v in spec["kwargs"].items()}
+        if spec["op"] in _PY_FUNCS:
+            _check_py_args(spec["op"], i, [*args, *kwargs.values()])
+        else:
+            _check_sizes(spec["op"], i, [*args, *kwargs.values()])
         values.append(graph.call_function(target, args, kwargs))
     graph.output(tuple(dec(v) for v in outputs))
     try:

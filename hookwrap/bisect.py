@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from . import wrappers as W
+from ._onnx import OnnxFile, open_session, random_ops_of, read_onnx
 from .errors import HookwrapError, InvalidArgumentError
 
 __all__ = ["bisect", "BisectReport", "LayerError"]
@@ -234,24 +234,16 @@ def bisect(
     """
     import time
 
-    import onnx
-    import onnxruntime as ort
-
     from ._txn import eval_mode
-    from .export import random_ops_of
     from .parity import _compare_exact, _input_sets, _SeededOps, _signature
 
     start = time.perf_counter()
     if not isinstance(reference, nn.Module):
         raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
     path = Path(onnx_path)
-    if not path.is_file():
-        raise HookwrapError(f"ONNX file {str(path)!r} does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise HookwrapError(f"{path.name} cannot be opened: {type(exc).__name__}: {exc}") from None
+    onnx_file = read_onnx(path)
+    proto = onnx_file.proto
+    session = open_session(onnx_file)
     if random_ops_of(proto):
         raise HookwrapError(
             f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
@@ -300,7 +292,7 @@ def bisect(
                 value = candidates[0]
             wanted.append((module_path, module, leaves, value))
 
-    computed = _run_with_outputs(proto, path, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
+    computed = _run_with_outputs(onnx_file, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
     layers: list[LayerError] = []
     for module_path, module, leaves, value in wanted:
         ref = leaves[0]
@@ -333,11 +325,13 @@ def _compatible(onnx_shape: list[int | None], shape: tuple[int, ...]) -> bool:
     return len(onnx_shape) == len(shape) and all(d is None or d == s for d, s in zip(onnx_shape, shape))
 
 
-def _run_with_outputs(proto: Any, path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the graph once with ``names`` added as outputs; the original file is not changed."""
+def _run_with_outputs(model: OnnxFile, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a copy of the graph once with ``names`` added as outputs. Nothing is written:
+    the session is made from bytes, and external data is read from the model's folder."""
     import onnx
-    import onnxruntime as ort
 
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
     graph = proto.graph
     known = {o.name for o in graph.output}
     types = {v.name: v.type for v in graph.value_info}
@@ -353,17 +347,5 @@ def _run_with_outputs(proto: Any, path: Path, names: list[str], feeds: dict[str,
             info.type.CopyFrom(types[name])
         graph.output.append(info)
     output_names = [o.name for o in graph.output]
-    external = any(init.data_location == onnx.TensorProto.EXTERNAL for init in graph.initializer)
-    if not external:
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return dict(zip(output_names, session.run(output_names, feeds)))
-    # Weights live in files next to the original: write the graph there so they resolve.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.bisect-", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        results = session.run(output_names, feeds)
-    finally:
-        os.unlink(tmp)
-    return dict(zip(output_names, results))
+    session = open_session(model, proto)
+    return dict(zip(output_names, session.run(output_names, feeds)))

@@ -40,8 +40,10 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree
 
+from . import _tree
 from . import wrappers as W
 from ._txn import eval_mode
+from .errors import InvalidArgumentError
 from .inventory import HookInfo
 
 __all__ = ["Site", "Call", "Outcome", "record", "convert_site"]
@@ -641,10 +643,17 @@ def _mode_dependent(site: Site, call: Call) -> bool:
         except Exception:
             return False
         shapes.append([
-            (getattr(f, "__qualname__", repr(f)), tuple(a for a in args if not isinstance(a, Tensor)))
-            for f, args, _, _ in trace.calls
+            (getattr(f, "__qualname__", repr(f)), _constants_of(args), _constants_of(kwargs))
+            for f, args, kwargs, _ in trace.calls
         ])
     return shapes[0] != shapes[1]
+
+
+def _constants_of(value: Any) -> Any:
+    """The non-tensor parts of a call's arguments, comparable with ``==`` (tensors, also
+    inside lists and dicts, become a marker)."""
+    leaves, spec = _pytree.tree_flatten(value)
+    return str(spec), tuple("<tensor>" if isinstance(v, Tensor) else repr(v) for v in leaves)
 
 
 # --------------------------------------------------------------------------------------
@@ -665,9 +674,9 @@ class _Callee(nn.Module):
     def forward(self, xs: list[Tensor]) -> tuple[Tensor, ...]:
         it = iter(xs)
         leaves = [next(it) if isinstance(v, dict) else v for v in self._template]
-        inputs = _pytree.tree_unflatten(leaves, self._in_spec)
+        inputs = _tree.unflatten(leaves, self._in_spec)
         result = _run_hook(self._hook_site, tuple(inputs))
-        return tuple(v for v in _pytree.tree_leaves(result) if isinstance(v, Tensor))
+        return tuple(v for v in _tree.flatten(result)[0] if isinstance(v, Tensor))
 
 
 def _leaf_template(leaves: list[Any], what: str) -> list:
@@ -695,6 +704,27 @@ def _explain_export_error(exc: BaseException) -> str:
     return f"torch.export could not capture it ({first[:300]})"
 
 
+def _is_mutating(target: Any) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+
+
+# Uninitialised memory is never stored: these become their zero-filled twins (a hook that
+# reads uninitialised memory would have failed validation against itself anyway).
+_ZERO_FILLED = {
+    torch.ops.aten.empty_like.default: torch.ops.aten.zeros_like.default,
+    torch.ops.aten.new_empty.default: torch.ops.aten.new_zeros.default,
+    torch.ops.aten.empty.memory_format: torch.ops.aten.zeros.default,
+}
+
+
+def _zero_fill_empties(graph: Any) -> None:
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _ZERO_FILLED:
+            if node.target is torch.ops.aten.empty.memory_format:
+                node.kwargs = {k: v for k, v in node.kwargs.items() if k != "memory_format"}
+            node.target = _ZERO_FILLED[node.target]
+
+
 def _capture(site: Site, call: Call) -> W.CapturedHook:
     from torch.export import Dim, export
     from torch.export.graph_signature import InputKind, OutputKind
@@ -703,11 +733,14 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
 
     inputs = _clone_tree(call.inputs)
     tree = tuple(inputs)
-    leaves, in_spec = _pytree.tree_flatten(tree)
-    template = _leaf_template(leaves, "inputs")
     with torch.random.fork_rng(devices=[]), torch.no_grad(), _host_mode(site, None, False):
         result = _run_hook(site, _clone_tree(tree))
-    out_leaves, out_spec = _pytree.tree_flatten(result)
+    try:
+        leaves, in_spec = _tree.flatten(tree)
+        out_leaves, out_spec = _tree.flatten(result)
+    except _tree.TreeError as exc:
+        raise _CaptureError(f"its inputs or results cannot be stored: {exc}") from None
+    template = _leaf_template(leaves, "inputs")
     out_template = _leaf_template(out_leaves, "results")
     tensors = [v for v in leaves if isinstance(v, Tensor)]
     # torch.export specialises size-1 dimensions: capture with a batch of at least 2.
@@ -719,8 +752,11 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
     try:
         with _host_mode(site, None, False), quiet_torch():
             ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
+            if any(_is_mutating(n.target) for n in ep.graph.nodes if n.op == "call_function"):
+                ep = ep.run_decompositions({})  # functional ops only: no write to any tensor
     except Exception as exc:
         raise _CaptureError(_explain_export_error(exc)) from None
+    _zero_fill_empties(ep.graph)
 
     sig = ep.graph_signature
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
@@ -755,15 +791,18 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
         graph_json = encode(ep.graph, user + host + consts, user_outputs)
     except GraphFormatError as exc:
         raise _CaptureError(f"its captured graph cannot be stored: {exc}") from None
-    wrapper = W.CapturedHook(
-        graph=graph_json, position=site.position, with_kwargs=site.with_kwargs,
-        in_spec=_pytree.treespec_dumps(in_spec), in_template=template,
-        out_spec=_pytree.treespec_dumps(out_spec), out_template=out_template,
-        host_tensors=host_names,
-        constants={f"c{i}": {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
-                   for i, v in enumerate(const_values)},
-        name=site.info.name,
-    )
+    try:  # the same checks as a load: capture never makes a file that load would refuse
+        wrapper = W.CapturedHook(
+            graph=graph_json, position=site.position, with_kwargs=site.with_kwargs,
+            in_spec=in_spec.to_json(), in_template=template,
+            out_spec=out_spec.to_json(), out_template=out_template,
+            host_tensors=host_names,
+            constants={f"c{i}": {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
+                       for i, v in enumerate(const_values)},
+            name=site.info.name,
+        )
+    except InvalidArgumentError as exc:
+        raise _CaptureError(f"its captured graph cannot be stored: {exc}") from None
     with torch.no_grad():
         for i, value in enumerate(const_values):
             getattr(wrapper, f"c{i}").copy_(value)

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 
-EXIT_OK, EXIT_PARITY, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here")
     p.add_argument("--bisect", action="store_true", help="on failure, name the first diverging module")
     p.add_argument("--plot", metavar="PNG", help="with --bisect: draw the error per layer")
+
+    p = sub.add_parser("verify", help="check a .safetensors file's tensors against their recorded digests")
+    p.add_argument("file", metavar="FILE.safetensors")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -295,7 +299,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         console.print(_files_table(result.files))
         if report is not None:
             _show_report(console, report)
-    return EXIT_OK if report is None or report else EXIT_PARITY
+    return EXIT_OK if report is None or report else EXIT_FAILED
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -332,10 +336,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in (args.json, args.junit, args.plot):
         if path and Path(path).exists():
             console.print(f"wrote {path}")
-    return EXIT_OK if report else EXIT_PARITY
+    return EXIT_OK if report else EXIT_FAILED
 
 
-COMMANDS = {"inspect": cmd_inspect, "convert": cmd_convert, "export": cmd_export, "check": cmd_check}
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 if the file is intact, 1 if it was changed or is damaged, 2 for bad input."""
+    import hookwrap as hw
+
+    try:
+        result = hw.verify(args.file)
+    except hw.ManifestError as exc:
+        if args.json:
+            print(json.dumps({"path": args.file, "intact": False, "key": exc.key, "error": _one_line(exc)}, indent=2))
+        else:
+            sys.stderr.write(f"hookwrap: CHANGED: {_one_line(exc)}\n")
+        return EXIT_FAILED
+    if args.json:
+        print(result.to_json())
+    else:
+        print(result.summary())
+    return EXIT_OK
+
+
+COMMANDS = {"inspect": cmd_inspect, "convert": cmd_convert, "export": cmd_export, "check": cmd_check,
+            "verify": cmd_verify}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from ._fs import commit, fsync_dir, private_folder
+from ._onnx import RANDOM_OPS, all_nodes, random_ops_of
 from ._txn import deepcopy_model, eval_mode
 from .convert import check_example_inputs, convert, convert_in_place
 from .errors import ExportError, HookwrapError, InvalidArgumentError
@@ -26,13 +27,6 @@ from .inventory import forward_hooks
 from .report import ConversionReport, conversion_report
 
 __all__ = ["export_onnx", "ExportResult", "RANDOM_OPS", "random_ops_of"]
-
-# ONNX operators whose results are random.
-RANDOM_OPS = frozenset({
-    "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli", "Multinomial",
-})
-TWO_GB = 2 * 1024**3
-
 
 @dataclass
 class ExportResult:
@@ -69,80 +63,6 @@ class ExportResult:
             "external_data": self.external_data, "inputs": self.input_names, "outputs": self.output_names,
             "dynamic_batch": self.dynamic_batch, "converted": self.converted, "seconds": round(self.seconds, 3),
         }
-
-
-def _graphs(graph: Any) -> Iterator[Any]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.g is not None and attr.g.node:
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
-def _all_nodes(model: Any) -> Iterator[Any]:
-    for graph in _graphs(model.graph):
-        yield from graph.node
-    for function in model.functions:
-        yield from function.node
-
-
-def _constant_bool(model: Any, name: str) -> bool | None:
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name and init.ByteSize() < 64:
-            return bool(numpy_helper.to_array(init).reshape(-1)[0])
-    for node in model.graph.node:
-        if node.op_type == "Constant" and name in node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return bool(numpy_helper.to_array(attr.t).reshape(-1)[0])
-    return None
-
-
-def random_ops_of(model: Any) -> dict[str, int]:
-    """Counts of random operators in an ``onnx.ModelProto``.
-
-    ``Dropout`` nodes whose ``training_mode`` input is not constant-false are counted
-    too: they are meant to be random, although onnxruntime's inference build runs them
-    as the identity; check_parity notes them.
-    """
-    counts: Counter[str] = Counter()
-    for node in _all_nodes(model):
-        if node.op_type in RANDOM_OPS:
-            counts[node.op_type] += 1
-        elif node.op_type == "Dropout" and len(node.input) >= 3 and node.input[2] \
-                and _constant_bool(model, node.input[2]) is not False:
-            counts["Dropout"] += 1
-    return dict(counts)
-
-
-# Graph facts of files this process exported, keyed by file identity, so that
-# check_parity does not have to parse a large file again to find its random operators.
-_GRAPH_INFO: dict[tuple[str, int, int, int], dict[str, int]] = {}
-
-
-def _identity(path: Path) -> tuple[str, int, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def remember_graph_info(path: Path, random: dict[str, int]) -> None:
-    with contextlib.suppress(OSError):
-        _GRAPH_INFO[_identity(path)] = dict(random)
-
-
-def graph_random_ops(path: str | os.PathLike[str]) -> dict[str, int]:
-    """The random operators of an ONNX file (cached for files this process exported)."""
-    import onnx
-
-    p = Path(path)
-    cached = _GRAPH_INFO.get(_identity(p))
-    if cached is not None:
-        return dict(cached)
-    return random_ops_of(onnx.load(str(p), load_external_data=False))
 
 
 def _forward_names(model: nn.Module, n: int) -> list[str]:
@@ -344,10 +264,9 @@ def export_onnx(
             commit(item, dest)
             files.append(dest)
         fsync_dir(target.parent)
-    counts = Counter(node.op_type for node in _all_nodes(proto))
+    counts = Counter(node.op_type for node in all_nodes(proto))
     opset_version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     random = random_ops_of(proto)
-    remember_graph_info(target, random)
     return ExportResult(
         path=target, exporter=exporter, opset=opset_version, node_counts=dict(counts),
         random_ops=random, files=files, external_data=len(files) > 1,

@@ -10,17 +10,23 @@ metadata holds:
 * ``"hookwrap.digest"``: the sha256 of the manifest text, so any change to it is caught;
 * ``"format": "pt"`` and any user ``metadata``.
 
+The manifest's ``digests`` hold a BLAKE3 digest of every tensor's bytes: ``load`` checks
+them with ``verify=True``, and :func:`verify` checks them without loading a model. Every
+header byte is covered by default: the manifest by its digest, the tensor table and the
+user metadata by their copies in the manifest.
+
 hookwrap reserves the tensor-key prefix ``__hookwrap__.`` and currently writes no tensors
 under it: captured graphs are JSON inside the manifest, and their constants are ordinary
 ``state_dict`` tensors of their ``CapturedHook`` (``<host>.hookwrap_post.<i>.c<j>``).
 
-Manifest schema (``format_version`` 1)::
+Manifest schema (``format_version`` 2; version 1, without ``digests``, is still read)::
 
-    {"format": "hookwrap", "format_version": 1,
+    {"format": "hookwrap", "format_version": 2,
      "hookwrap_version": "0.1.0", "torch_version": "2.14.1", "model": "VGG",
      "wrappers": {"features.0": {"module": "Conv2d",
                                  "pre": [], "post": [{"type": "Dropout2d", "config": {...}}]}},
      "tensors": {"features.0.weight": ["F32", [64, 3, 3, 3]], ...},
+     "digests": {"algorithm": "blake3", "tensors": {"features.0.weight": "<64 hex digits>", ...}},
      "aliases": {"tied.name": "kept.name"},
      "metadata": {"format": "pt", ...the other header metadata, as a check...},
      "converted": [Action, ...], "baked": [Action, ...], "stripped": [Action, ...],
@@ -28,41 +34,54 @@ Manifest schema (``format_version`` 1)::
 
 A wrapper ``type`` is looked up in hookwrap's registry (and converters registered in
 the running process); nothing named by a file is ever imported or executed.
+
+Limits (a file over them is refused before anything is built): header
+:data:`MAX_HEADER` bytes, :data:`MAX_WRAPPERS` wrappers in all (``Chain`` items
+included), ``Chain`` nesting :data:`hookwrap.wrappers.MAX_CHAIN_DEPTH`, captured graphs
+:data:`hookwrap._graph.MAX_NODES` nodes, tree specs :data:`hookwrap._tree.MAX_DEPTH`
+levels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import struct
+import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from . import __version__
 from . import wrappers as W
-from ._fs import atomic_path
+from ._fs import atomic_path, fd_path, file_errors, open_regular
 from ._txn import transaction
 from .errors import HookwrapError, InvalidArgumentError, ManifestError
 from .inventory import forward_hooks
 from .registry import wrapper_type
 from .report import Action, ConversionReport, attach_report, conversion_report
 
-__all__ = ["save", "load", "load_weights", "read_manifest", "manifest_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
+__all__ = ["save", "load", "load_weights", "read_manifest", "verify", "VerifyResult", "manifest_digest",
+           "tensor_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_KEY = "hookwrap"
 MARKER_KEY = "hookwrap.format"
 DIGEST_KEY = "hookwrap.digest"
+DIGEST_ALGORITHM = "blake3"
 RESERVED_PREFIX = "__hookwrap__."
 MAX_HEADER = 100 * 1024 * 1024
+MAX_WRAPPERS = 100_000
+_PATH = re.compile(r"^(?:[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)?$")
 
 _DTYPES = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
@@ -80,6 +99,41 @@ def manifest_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().reshape(-1)
+    if not flat.is_contiguous():  # pragma: no cover - reshape(-1) of a contiguous tensor is
+        flat = flat.contiguous()
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")  # type: ignore[arg-type]
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """The BLAKE3 digest (hex) of a contiguous CPU tensor's bytes, as the file stores them."""
+    import blake3
+
+    data = _tensor_bytes(tensor)
+    threads = blake3.blake3.AUTO if data.nbytes >= (8 << 20) else 1
+    return blake3.blake3(data, max_threads=threads).hexdigest()
+
+
+def _no_surrogates(value: Any, name: str, key: str) -> None:
+    """Refuse strings that cannot be encoded (lone surrogates from JSON escapes)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{name}: {key} holds text that is not valid Unicode (a lone surrogate)",
+                            key=key) from None
+
+
+def _json(text: str | bytes, name: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError, UnicodeError) as exc:  # also huge integers, deep nesting
+        pos = getattr(exc, "pos", None)
+        where = f" at byte {pos}" if isinstance(pos, int) else ""
+        raise ManifestError(f"{name}: {key} is not valid JSON{where} ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); the file is corrupt", key=key) from None
+
+
 # --------------------------------------------------------------------------------------
 # Reading and checking the header
 # --------------------------------------------------------------------------------------
@@ -88,9 +142,14 @@ def manifest_digest(text: str) -> str:
 @dataclass
 class _Header:
     path: Path
+    handle: BinaryIO = field(repr=False)
     tensors: dict[str, tuple[str, list[int]]]
     metadata: dict[str, str]
     manifest: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 _ENTRY = re.compile(rb'"((?:[^"\\])*)":\{')
@@ -104,37 +163,56 @@ def _entry_at(raw: bytes, pos: int) -> str | None:
     return found
 
 
-def _read_header(path: str | os.PathLike[str]) -> _Header:
-    """Parse and check a safetensors header completely before anything is loaded."""
-    p = Path(path)
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[_Header]:
+    """Open a hookwrap or safetensors file (regular files only), parse and check its header
+    completely before anything is loaded, and keep it open for reading the tensors."""
+    handle = open_regular(path, what="safetensors file")
+    try:
+        try:
+            header = _read_header(Path(path), handle)
+        except HookwrapError:
+            raise
+        except Exception as exc:  # whatever a hostile header provokes, it is a ManifestError
+            raise ManifestError(f"{Path(path).name}: the header cannot be read ({type(exc).__name__}: "
+                                f"{str(exc)[:200]})", key="header") from None
+        yield header
+    finally:
+        handle.close()
+
+
+def _read_header(p: Path, fh: BinaryIO) -> _Header:
     name = p.name
+    with file_errors(p, "read the safetensors file"):
+        size = os.fstat(fh.fileno()).st_size
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise ManifestError(f"{name}: file is {size} bytes, too short for a safetensors header", key="header")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER or 8 + n > size:
+            raise ManifestError(
+                f"{name}: header claims {n} bytes but the file has {size - 8} after the length: "
+                f"the file is truncated or its header is corrupt", key="header")
+        raw = fh.read(n)
     try:
-        size = p.stat().st_size
-        with open(p, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                raise ManifestError(f"{name}: file is {size} bytes, too short for a safetensors header", key="header")
-            (n,) = struct.unpack("<Q", prefix)
-            if n > MAX_HEADER or 8 + n > size:
-                raise ManifestError(
-                    f"{name}: header claims {n} bytes but the file has {size - 8} after the length: "
-                    f"the file is truncated or its header is corrupt", key="header")
-            raw = fh.read(n)
-    except FileNotFoundError:
-        raise HookwrapError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise HookwrapError(f"{p}: is a directory, not a safetensors file") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        entry = _entry_at(raw, exc.start)
+        where = f" inside entry {entry!r}" if entry else ""
+        raise ManifestError(f"{name}: header is not valid UTF-8 at byte {exc.start}{where}; the file is corrupt",
+                            key=entry or "header") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        pos = getattr(exc, "pos", None) or getattr(exc, "start", None) or 0
-        entry = _entry_at(raw, pos)
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        pos = getattr(exc, "pos", None) or 0
+        entry = _entry_at(raw, len(text[:pos].encode("utf-8")))
         where = f" inside entry {entry!r}" if entry else ""
         raise ManifestError(
             f"{name}: header is not valid JSON at byte {pos}{where} ({type(exc).__name__}); the file is corrupt",
             key=entry or "header") from None
     if not isinstance(header, dict):
         raise ManifestError(f"{name}: header must be a JSON object", key="header")
+    _no_surrogates(header, name, "header")
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ManifestError(f"{name}: header '__metadata__' must map strings to strings", key="__metadata__")
@@ -147,11 +225,12 @@ def _read_header(path: str | os.PathLike[str]) -> _Header:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _DTYPES:
             raise ManifestError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}", key=key)
-        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {shape!r}", key=key)
+        if not isinstance(shape, list) or len(shape) > 64 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in shape):
+            raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {str(shape)[:80]}", key=key)
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {offsets!r}", key=key)
+            raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {str(offsets)[:80]}", key=key)
         begin, end = offsets
         numel = 1
         for s in shape:
@@ -179,7 +258,7 @@ def _read_header(path: str | os.PathLike[str]) -> _Header:
             f"{name}: the data section has {data_len} bytes but the tensors cover {cursor}: "
             f"the file is truncated or has trailing bytes", key="header")
     manifest = _parse_manifest(name, meta, tensors)
-    return _Header(p, tensors, meta, manifest)
+    return _Header(p, fh, tensors, meta, manifest)
 
 
 def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any] | None:
@@ -193,20 +272,18 @@ def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[st
         raise ManifestError(
             f"{name}: metadata key 'hookwrap' fails its digest check ('hookwrap.digest'): the manifest "
             f"was altered or corrupted", key=MANIFEST_KEY)
-    try:
-        manifest = json.loads(meta[MANIFEST_KEY])
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ManifestError(f"{name}: metadata key 'hookwrap' is not valid JSON ({exc})", key=MANIFEST_KEY) from None
+    manifest = _json(meta[MANIFEST_KEY], name, "metadata key 'hookwrap'")
     if not isinstance(manifest, dict):
         raise ManifestError(f"{name}: metadata key 'hookwrap' must hold a JSON object", key=MANIFEST_KEY)
     version = manifest.get("format_version")
     if meta[MARKER_KEY] != str(version) or manifest.get("format") != "hookwrap":
         raise ManifestError(
             f"{name}: metadata keys 'hookwrap' and 'hookwrap.format' disagree: the header is damaged", key=MARKER_KEY)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
-            f"{name}: manifest format_version {version!r} is not supported by hookwrap {__version__} "
-            f"(it reads version {FORMAT_VERSION}); use the hookwrap that wrote the file", key="format_version")
+            f"{name}: manifest format_version {str(version)[:20]} is not supported by hookwrap {__version__} "
+            f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); use the hookwrap that wrote the file",
+            key="format_version")
     for field_name in ("wrappers", "tensors", "aliases"):
         if not isinstance(manifest.get(field_name), dict):
             raise ManifestError(f"{name}: manifest field {field_name!r} must be an object", key=field_name)
@@ -231,11 +308,60 @@ def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[st
         if not isinstance(want, list) or want != [tensors[key][0], tensors[key][1]]:
             raise ManifestError(
                 f"{name}: tensor {key!r} is {tensors[key][0]}{tensors[key][1]} in the header but "
-                f"{want!r} in the manifest: the header is corrupt", key=key)
+                f"{str(want)[:80]} in the manifest: the header is corrupt", key=key)
     for key in table:
         if key not in tensors:
             raise ManifestError(f"{name}: tensor {key!r} is listed in the manifest but missing from the file", key=key)
+    manifest["_digests"] = _digests(name, manifest, tensors) if version >= 2 else None
+    _check_wrapper_specs(name, manifest["wrappers"], tensors)
     return manifest
+
+
+def _digests(name: str, manifest: dict[str, Any], tensors: dict[str, Any]) -> dict[str, str]:
+    section = manifest.get("digests")
+    if not isinstance(section, dict) or set(section) != {"algorithm", "tensors"} \
+            or section["algorithm"] != DIGEST_ALGORITHM or not isinstance(section["tensors"], dict):
+        raise ManifestError(f"{name}: manifest field 'digests' must be {{algorithm: {DIGEST_ALGORITHM!r}, "
+                            f"tensors: {{...}}}}", key="digests")
+    digests = section["tensors"]
+    for key in tensors:
+        value = digests.get(key)
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ManifestError(f"{name}: tensor {key!r} has no valid digest in the manifest", key=key)
+    extra = sorted(set(digests) - set(tensors))
+    if extra:
+        raise ManifestError(f"{name}: the manifest has a digest for {extra[0]!r}, which the file lacks", key=extra[0])
+    return digests
+
+
+def _check_wrapper_specs(name: str, wrappers: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """Check every wrapper entry's shape, the wrapper count, and every tensor a wrapper
+    declares against the file, before anything is built or allocated."""
+    count = 0
+    for path, entry in wrappers.items():
+        if not _PATH.match(path) or len(path) > 1000:
+            raise ManifestError(f"{name}: wrapper entry {path[:80]!r} is not a module path", key=path[:80])
+        if not isinstance(entry, dict) or set(entry) != {"module", "pre", "post"} or not isinstance(entry["module"], str) \
+                or not isinstance(entry["pre"], list) or not isinstance(entry["post"], list):
+            raise ManifestError(f"{name}: wrapper entry for {path!r} is malformed", key=path)
+        for side in ("pre", "post"):
+            for i, spec in enumerate(entry[side]):
+                where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}" if path else f"{W.PRE if side == 'pre' else W.POST}.{i}"
+                try:
+                    count += W.count_wrappers(spec)
+                    declared = W.declared_tensors(spec)
+                except InvalidArgumentError as exc:
+                    raise ManifestError(f"{name}: wrapper {where}: {exc}", key=where) from None
+                if count > MAX_WRAPPERS:
+                    raise ManifestError(f"{name}: the file declares more than {MAX_WRAPPERS} wrappers", key=where)
+                for sub, (dtype, shape) in declared.items():
+                    key = f"{where}.{sub}"
+                    found = tensors.get(key)
+                    if found is None or found[0] != _DTYPE_NAMES.get(dtype) or found[1] != shape:
+                        have = "nothing" if found is None else f"{found[0]}{found[1]}"
+                        raise ManifestError(
+                            f"{name}: wrapper {where} declares tensor {key!r} as {dtype}{shape}, but the file "
+                            f"holds {have}", key=key)
 
 
 _ACTION_FIELDS = {"path", "kind", "name", "origin", "action", "detail", "wrapper", "position"}
@@ -261,17 +387,93 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         ManifestError: the file is not a hookwrap file, or it is broken.
+        HookwrapError: the file cannot be opened, or is not a regular file.
 
     Example:
         >>> hw.read_manifest("m.safetensors")["wrappers"]["features.0"]["post"]
         [{'type': 'Dropout2d', 'config': {'p': 0.2, 'always': True}}]
     """
-    header = _read_header(path)
-    if header.manifest is None:
-        raise ManifestError(
-            f"{Path(path).name}: a plain safetensors file with no hookwrap manifest "
-            f"(hw.load still loads it as weights)", key=MANIFEST_KEY)
-    return {k: v for k, v in header.manifest.items() if k != "_actions"}
+    with _opened(path) as header:
+        if header.manifest is None:
+            raise ManifestError(
+                f"{header.name}: a plain safetensors file with no hookwrap manifest "
+                f"(hw.load still loads it as weights)", key=MANIFEST_KEY)
+        return {k: v for k, v in header.manifest.items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What :func:`verify` checked: every tensor's bytes against its recorded digest."""
+
+    path: str
+    tensors: int
+    bytes: int
+    algorithm: str
+    seconds: float
+
+    def __bool__(self) -> bool:
+        return True
+
+    def summary(self) -> str:
+        return (f"{Path(self.path).name}: intact ({self.tensors} tensors, {self.bytes / 1e6:.1f} MB, "
+                f"{self.algorithm} digests match)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "intact": True, "tensors": self.tensors, "bytes": self.bytes,
+                "algorithm": self.algorithm, "seconds": round(self.seconds, 3)}
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            from ._fs import atomic_write_text
+
+            atomic_write_text(path, text + "\n")
+        return text
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyResult:
+    """Check that a hookwrap file is intact: its header (as ``load`` always does) and every
+    tensor's bytes against the BLAKE3 digest that ``save`` recorded. No model is built.
+
+    Returns:
+        A :class:`VerifyResult` (truthy).
+
+    Raises:
+        ManifestError: the file was changed or is damaged; ``key`` names the tensor (or
+            header entry) at fault.
+        InvalidArgumentError: the file has no digests to check (a plain safetensors file, or
+            one written by hookwrap before format version 2).
+        HookwrapError: the file cannot be opened, or is not a regular file.
+
+    Example:
+        >>> hw.verify("m.safetensors").summary()
+        'm.safetensors: intact (32 tensors, 553.4 MB, blake3 digests match)'
+    """
+    start = time.perf_counter()
+    with _opened(path) as header:
+        digests = _require_digests(header)
+        tensors = _read_tensors(header, set(header.tensors))
+        total = _verify_tensors(header, tensors, digests)
+    return VerifyResult(str(path), len(tensors), total, DIGEST_ALGORITHM, time.perf_counter() - start)
+
+
+def _require_digests(header: _Header) -> dict[str, str]:
+    digests = (header.manifest or {}).get("_digests")
+    if digests is None:
+        what = "a plain safetensors file" if header.manifest is None else "written before format version 2"
+        raise InvalidArgumentError(f"{header.name}: {what}, with no tensor digests to verify; save it again "
+                                   f"with hw.save to add them")
+    return digests
+
+
+def _verify_tensors(header: _Header, tensors: dict[str, torch.Tensor], digests: dict[str, str]) -> int:
+    total = 0
+    for key, tensor in tensors.items():
+        if tensor_digest(tensor) != digests[key]:
+            raise ManifestError(f"{header.name}: tensor {key!r} fails its digest check: its bytes were changed "
+                                f"or corrupted", key=key)
+        total += tensor.numel() * tensor.element_size()
+    return total
 
 
 # --------------------------------------------------------------------------------------
@@ -367,6 +569,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
             raise InvalidArgumentError(f"metadata must map strings to strings; {key!r}: {text!r} does not")
         if key.startswith("hookwrap") or key == "format":
             raise InvalidArgumentError(f"metadata key {key!r} is reserved by hookwrap; choose another name")
+        try:
+            (key + text).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"metadata {key!r} holds text that is not valid Unicode") from None
     live = forward_hooks(model)
     if live:
         where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
@@ -385,8 +591,11 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
             raise HookwrapError(f"tensor {key!r} has dtype {value.dtype}, which safetensors cannot store")
         if value.layout != torch.strided:
             raise HookwrapError(f"tensor {key!r} is {value.layout}; call .to_dense() before saving")
+        if value.device.type != "cpu":
+            value = value.cpu()
         tensors[key] = value if value.is_contiguous() else value.contiguous()
         table[key] = [_DTYPE_NAMES[value.dtype], list(value.shape)]
+    digests = {key: tensor_digest(value) for key, value in tensors.items()}
     report = conversion_report(model) or ConversionReport([])
     manifest: dict[str, Any] = {
         "format": "hookwrap",
@@ -396,6 +605,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         "model": W.host_base(model).__name__,
         "wrappers": wrappers,
         "tensors": table,
+        "digests": {"algorithm": DIGEST_ALGORITHM, "tensors": digests},
         "aliases": aliases,
         **{name: [a.to_dict() for a in report.of(name)]  # type: ignore[arg-type]
            for name in ("converted", "baked", "stripped", "kept")},
@@ -409,7 +619,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         MARKER_KEY: str(FORMAT_VERSION),
         DIGEST_KEY: manifest_digest(text),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, file_errors(path, "write the file"):
         save_file(tensors, str(tmp), metadata=header_meta)
 
 
@@ -434,11 +644,11 @@ def _base_module(base: nn.Module | Callable[[], nn.Module]) -> nn.Module:
 
 
 def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str) -> None:
+    """Build every wrapper the manifest names (already checked by ``_check_wrapper_specs``)
+    and install them; each module is checked before any is changed."""
+    plan: list[tuple[nn.Module, list[W.Wrapper], list[W.Wrapper]]] = []
     for path in sorted(wrappers, key=lambda p: (p.count(".") + (p != ""), p)):
         entry = wrappers[path]
-        if not isinstance(entry, dict) or set(entry) != {"module", "pre", "post"} \
-                or not isinstance(entry["pre"], list) or not isinstance(entry["post"], list):
-            raise ManifestError(f"{name}: wrapper entry for {path!r} is malformed", key=path)
         try:
             module = model.get_submodule(path) if path else model
         except AttributeError:
@@ -456,7 +666,8 @@ def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str
         for side in ("pre", "post"):
             items = []
             for i, spec in enumerate(entry[side]):
-                where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}"
+                where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}" if path else \
+                    f"{W.PRE if side == 'pre' else W.POST}.{i}"
                 try:
                     items.append(W.build_wrapper(spec))
                 except InvalidArgumentError as exc:
@@ -465,7 +676,9 @@ def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str
                     raise ManifestError(f"{name}: wrapper {where} cannot be built "
                                         f"({type(exc).__name__}: {exc})", key=where) from None
             built[side] = items
-        W.install(module, built["pre"], built["post"])
+        plan.append((module, built["pre"], built["post"]))
+    for module, pre, post in plan:
+        W.install(module, pre, post)
 
 
 def _shared_groups(state: dict[str, torch.Tensor]) -> list[set[str]]:
@@ -509,33 +722,51 @@ def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], stri
     return missing
 
 
-def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module], *, strict: bool = True) -> nn.Module:
+def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module], *, strict: bool = True,
+         verify: bool = False) -> nn.Module:
     """Rebuild a model saved with :func:`save`.
 
     ``base`` gives the architecture: a plain (hook-free) model or a zero-argument
     factory. The manifest's wrappers are put on it, then the tensors are loaded. On a
     plain safetensors file with no manifest this is ordinary weight loading.
 
+    What is always checked, before the base is touched: the file is a regular file; the
+    header is well formed and every tensor's dtype, shape and byte range fit the file; the
+    manifest matches its sha256 (``hookwrap.digest``), and the header's tensor table and
+    metadata match their copies in the manifest; every wrapper type is in hookwrap's
+    registry, and every tensor a wrapper declares is in the file with that dtype and shape;
+    keys, shapes and dtypes fit the base. ``verify=True`` adds the BLAKE3 digest of every
+    tensor's bytes (a changed bit anywhere in the data is caught).
+
     Args:
         path: the ``.safetensors`` file.
         base: an ``nn.Module`` (changed in place) or a factory returning one.
         strict: refuse missing and unexpected keys (shape and dtype must always match).
+            With ``strict=False`` the tensors the file lacks keep the base's values, and
+            ``hookwrap.io.missing_keys(model)`` lists them.
+        verify: also check every tensor's bytes against its recorded digest.
 
     Returns:
         The model, in the same mode as ``base``.
 
     Raises:
-        ManifestError: the file is broken or hostile, or does not fit ``base``; the
-            message names the key at fault. ``base`` is left exactly as it was.
-        HookwrapError: the file does not exist, or the factory failed.
+        ManifestError: the file is broken, changed or hostile, or does not fit ``base``;
+            the message names the key at fault. ``base`` is left exactly as it was.
+        HookwrapError: the file cannot be opened or is not a regular file, or the factory
+            failed.
 
     Example:
         >>> model = hw.load("m.safetensors", base=lambda: torchvision.models.vgg16(weights=None))
     """
+    with _opened(path) as header:
+        if verify:
+            _require_digests(header)
+        model = _base_module(base)
+        return _load_into(model, header, strict=strict, verify=verify)
 
-    header = _read_header(path)
-    name = header.path.name
-    model = _base_module(base)
+
+def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool) -> nn.Module:
+    name = header.name
     live = forward_hooks(model)
     if live and header.manifest is not None and header.manifest["wrappers"]:
         where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
@@ -549,16 +780,29 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
             try:
                 touched.append(model.get_submodule(wrapped))
             except AttributeError:
-                pass  # inside a wrapper that does not exist yet, or reported below
+                pass  # reported by _install_from_manifest
     with transaction(model, touched):
         if header.manifest is not None:
             _install_from_manifest(model, header.manifest["wrappers"], name)
         state = model.state_dict()
-        _check_keys(name, header, state, strict)
-        _copy_tensors(model, header, set(header.tensors), getattr(state, "_metadata", None))
+        missing = _check_keys(name, header, state, strict)
+        tensors = _read_tensors(header, set(header.tensors))
+        if verify:
+            _verify_tensors(header, tensors, header.manifest["_digests"])  # type: ignore[index]
+        _copy_tensors(model, tensors, getattr(state, "_metadata", None))
         if header.manifest is not None:
             attach_report(model, header.manifest["_actions"])
+        model.__dict__[MISSING_ATTR] = tuple(missing)
     return model
+
+
+MISSING_ATTR = "hookwrap_missing_keys"
+
+
+def missing_keys(model: nn.Module) -> tuple[str, ...]:
+    """The ``state_dict`` keys that the last ``load(..., strict=False)`` into ``model`` did
+    not find in the file (those tensors kept the base's values)."""
+    return tuple(model.__dict__.get(MISSING_ATTR, ()))
 
 
 def _wrapper_owned(key: str) -> bool:
@@ -577,30 +821,36 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     Raises:
         ManifestError: the file is broken or its keys, shapes or dtypes do not fit;
             ``model`` is left unchanged.
+        HookwrapError: the file cannot be opened or is not a regular file.
     """
-
-    header = _read_header(path)
-    name = header.path.name
-    plain = _Header(header.path, {k: v for k, v in header.tensors.items() if not _wrapper_owned(k)},
-                    header.metadata, header.manifest)
-    state = model.state_dict()
-    _check_keys(name, plain, state, strict)
-    _copy_tensors(model, header, set(plain.tensors), getattr(state, "_metadata", None))
+    with _opened(path) as header:
+        plain = _Header(header.path, header.handle,
+                        {k: v for k, v in header.tensors.items() if not _wrapper_owned(k)},
+                        header.metadata, header.manifest)
+        state = model.state_dict()
+        _check_keys(header.name, plain, state, strict)
+        tensors = _read_tensors(header, set(plain.tensors))
+        _copy_tensors(model, tensors, getattr(state, "_metadata", None))
     return model
 
 
-def _copy_tensors(model: nn.Module, header: _Header, keys: set[str], metadata: Any) -> None:
-    """Read the file's tensors (memory-mapped) and copy ``keys`` of them into ``model``.
-
-    ``metadata`` is the ``_metadata`` of ``model.state_dict()`` (state-dict versions)."""
+def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The file's tensors named in ``keys``, read through the already opened (and checked)
+    file, never through its path again."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        tensors = load_file(str(header.path))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ManifestError(f"{header.path.name}: reading tensor data failed: {exc}", key="data") from None
-    state: OrderedDict[str, torch.Tensor] = OrderedDict((k, v) for k, v in tensors.items() if k in keys)
+        tensors = load_file(fd_path(header.handle, header.path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise ManifestError(f"{header.name}: reading tensor data failed: {exc}", key="data") from None
+    return {k: v for k, v in tensors.items() if k in keys}
+
+
+def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: Any) -> None:
+    """Copy ``tensors`` into ``model``. ``metadata`` is the ``_metadata`` of
+    ``model.state_dict()`` (state-dict versions)."""
+    state: OrderedDict[str, torch.Tensor] = OrderedDict(tensors)
     # Modules with a versioned state dict (torchvision's MNASNet, BatchNorm) read their
     # version from the state dict's metadata; the file's tensors are in this code's format.
     state._metadata = metadata  # type: ignore[attr-defined]

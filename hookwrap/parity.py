@@ -64,8 +64,9 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from ._fs import atomic_write_text
+from ._onnx import open_session, random_ops_of, read_onnx
 from ._txn import eval_mode
-from .errors import HookwrapError, InvalidArgumentError, ParityError
+from .errors import InvalidArgumentError, ParityError
 
 __all__ = ["check_parity", "assert_parity", "ParityReport", "OutputCheck", "load_inputs"]
 
@@ -264,14 +265,10 @@ def load_inputs(path: str | os.PathLike[str], names: Sequence[str]) -> list[tupl
     Raises:
         InvalidArgumentError: the file cannot be read or its keys do not fit the model.
     """
+    from ._npz import read_npz
+
     p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"inputs file {str(p)!r} does not exist") from None
-    except Exception as exc:
-        raise InvalidArgumentError(f"inputs file {str(p)!r} is not a readable .npz ({type(exc).__name__}: {exc})") from None
+    arrays = read_npz(p, what="inputs file")
     if not arrays:
         raise InvalidArgumentError(f"inputs file {p.name!r} holds no arrays")
     names = list(names)
@@ -572,10 +569,6 @@ def check_parity(
         >>> report = hw.check_parity(hooked_model, "m.onnx", (x,))
         >>> bool(report), report.checks[0].max_abs_diff
     """
-    import onnxruntime as ort
-
-    from .export import graph_random_ops
-
     start = time.perf_counter()
     if not isinstance(reference, nn.Module):
         raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
@@ -587,17 +580,13 @@ def check_parity(
     if not 0 < alpha < 1:
         raise InvalidArgumentError(f"alpha must be in (0, 1), got {alpha!r}")
     path = Path(onnx_path)
-    if not path.is_file():
-        raise HookwrapError(f"ONNX file {str(path)!r} does not exist")
+    onnx_file = read_onnx(path)
     if weights is not None:
         from .io import load_weights
 
         load_weights(reference, weights)
-    try:
-        random_ops = graph_random_ops(path)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise HookwrapError(f"{path.name} cannot be opened by onnx/onnxruntime: {type(exc).__name__}: {exc}") from None
+    random_ops = random_ops_of(onnx_file.proto)
+    session = open_session(onnx_file)
     sig = _signature(session)
     out_names = [o.name for o in session.get_outputs()]
     sets, sources, spec = _input_sets(inputs, sig, seed=seed, random_inputs=random_inputs)

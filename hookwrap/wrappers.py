@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _tree
 from .errors import HookwrapError, InvalidArgumentError
 from .registry import register_wrapper, wrapper_type
 
@@ -105,6 +106,13 @@ class Wrapper(nn.Module):
             return cls(**config)
         except TypeError as exc:
             raise InvalidArgumentError(f"{cls.kind} config {config!r} does not fit: {exc}") from None
+
+    @classmethod
+    def declared_tensors(cls, config: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
+        """The tensors (buffers, parameters) that ``from_config(config)`` allocates, by name,
+        with dtype and shape. Wrappers that own tensors must override this: loaders check
+        the declared sizes against the file before building anything."""
+        return {}
 
     def spec(self) -> dict[str, Any]:
         """``{"type": kind, "config": {...}}``: how a manifest describes this wrapper."""
@@ -426,6 +434,11 @@ class Chain(Wrapper):
         items = list(items)
         if not items or not all(isinstance(i, Wrapper) and type(i)._run is not Wrapper._run for i in items):
             raise InvalidArgumentError("Chain takes a non-empty list of tensor-to-tensor wrappers")
+        if len(items) > MAX_CHAIN_ITEMS:
+            raise InvalidArgumentError(f"a Chain holds at most {MAX_CHAIN_ITEMS} items")
+        self.depth: int = 1 + max((i.depth for i in items if isinstance(i, Chain)), default=0)
+        if self.depth > MAX_CHAIN_DEPTH:
+            raise InvalidArgumentError(f"Chains are nested deeper than {MAX_CHAIN_DEPTH} levels")
         self.items = nn.ModuleList(items)
 
     def _run(self, x: Tensor, training: bool) -> Tensor:
@@ -448,6 +461,49 @@ class Chain(Wrapper):
         return cls([build_wrapper(spec) for spec in config["items"]])
 
 
+MAX_CHAIN_DEPTH = 8
+MAX_CHAIN_ITEMS = 256
+
+
+def _spec_parts(spec: Any) -> tuple[type[Wrapper], Any]:
+    if not isinstance(spec, dict) or set(spec) - {"type", "config"} or "type" not in spec:
+        raise InvalidArgumentError(f"a wrapper spec must be {{type, config}}, got {str(spec)[:120]}")
+    kind = spec["type"]
+    cls = wrapper_type(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidArgumentError(
+            f"unknown wrapper type {str(kind)[:80]!r}: only hookwrap's wrappers and types registered "
+            f"with hw.register_converter(...) in this process can be loaded"
+        )
+    return cls, spec.get("config", {})
+
+
+def count_wrappers(spec: Any, depth: int = 0) -> int:
+    """How many wrappers ``spec`` builds (a Chain counts itself and its items).
+
+    Raises:
+        InvalidArgumentError: the spec is malformed, names an unregistered type, or nests
+            Chains deeper than :data:`MAX_CHAIN_DEPTH`.
+    """
+    cls, config = _spec_parts(spec)
+    if cls is not Chain:
+        return 1
+    if depth >= MAX_CHAIN_DEPTH:
+        raise InvalidArgumentError(f"Chains are nested deeper than {MAX_CHAIN_DEPTH} levels")
+    items = config.get("items") if isinstance(config, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_CHAIN_ITEMS:
+        raise InvalidArgumentError(f"a Chain holds a list of at most {MAX_CHAIN_ITEMS} items")
+    return 1 + sum(count_wrappers(item, depth + 1) for item in items)
+
+
+def declared_tensors(spec: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """The tensors a wrapper built from ``spec`` owns, by name relative to the wrapper,
+    with dtype and shape, read from the spec alone: a loader checks them against the file
+    before anything is allocated."""
+    cls, config = _spec_parts(spec)
+    return cls.declared_tensors(config)
+
+
 def build_wrapper(spec: Any) -> Wrapper:
     """Build a wrapper from ``{"type": kind, "config": {...}}`` using the registry only.
 
@@ -455,17 +511,9 @@ def build_wrapper(spec: Any) -> Wrapper:
         InvalidArgumentError: the spec is malformed, names an unregistered kind, or its
             config is refused by the wrapper type.
     """
-    if not isinstance(spec, dict) or set(spec) - {"type", "config"} or "type" not in spec:
-        raise InvalidArgumentError(f"a wrapper spec must be {{type, config}}, got {spec!r}")
-    kind = spec["type"]
-    cls = wrapper_type(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise InvalidArgumentError(
-            f"unknown wrapper type {kind!r}: only hookwrap's wrappers and types registered "
-            f"with hw.register_converter(...) in this process can be loaded"
-        )
-    return cls.from_config(spec.get("config", {}))
-
+    count_wrappers(spec)
+    cls, config = _spec_parts(spec)
+    return cls.from_config(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -478,6 +526,27 @@ _TENSOR_DTYPES = {
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
 }
 _SCALAR_LEAF = (type(None), bool, int, float, str)
+
+
+MAX_CONSTANT_ELEMENTS = 2**31
+
+
+def _constant_specs(constants: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """``{"c0": (dtype, shape), ...}`` from a CapturedHook's ``constants`` config, checked."""
+    constants = constants or {}
+    if not isinstance(constants, dict) or set(constants) != {f"c{i}" for i in range(len(constants))}:
+        raise InvalidArgumentError("CapturedHook constants must be an object with keys c0, c1, ...")
+    out: dict[str, tuple[torch.dtype, list[int]]] = {}
+    for i in range(len(constants)):
+        meta = constants[f"c{i}"]
+        if not isinstance(meta, dict) or set(meta) != {"dtype", "shape"} or meta["dtype"] not in _TENSOR_DTYPES \
+                or not isinstance(meta["shape"], list) or len(meta["shape"]) > 16 or not all(
+                    isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in meta["shape"]):
+            raise InvalidArgumentError(f"CapturedHook constant c{i} needs a dtype and a shape")
+        if math.prod(meta["shape"]) > MAX_CONSTANT_ELEMENTS:
+            raise InvalidArgumentError(f"CapturedHook constant c{i} is implausibly large")
+        out[f"c{i}"] = (_TENSOR_DTYPES[meta["dtype"]], list(meta["shape"]))
+    return out
 
 
 def _check_template(template: Any, what: str) -> list:
@@ -512,17 +581,15 @@ class CapturedHook(Wrapper):
         graph: dict[str, Any],
         position: str,
         with_kwargs: bool,
-        in_spec: str,
+        in_spec: Any,
         in_template: list,
-        out_spec: str,
+        out_spec: Any,
         out_template: list,
         host_tensors: Sequence[str] = (),
         constants: dict[str, dict[str, Any]] | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
-        from torch.utils import _pytree
-
         from ._graph import GraphFormatError, decode
 
         if position not in ("pre", "post"):
@@ -538,26 +605,16 @@ class CapturedHook(Wrapper):
             raise InvalidArgumentError("CapturedHook host_tensors must be a list of attribute paths")
         self.host_tensors = list(host_tensors)
         try:
-            self._in_spec = _pytree.treespec_loads(in_spec)
-            self._out_spec = _pytree.treespec_loads(out_spec)
-        except Exception as exc:
-            raise InvalidArgumentError(f"CapturedHook pytree spec is malformed: {exc}") from None
+            self._in_spec = _tree.parse(in_spec)
+            self._out_spec = _tree.parse(out_spec)
+        except _tree.TreeError as exc:
+            raise InvalidArgumentError(f"CapturedHook tree spec refused: {exc}") from None
         if self._in_spec.num_leaves != len(self.in_template) or self._out_spec.num_leaves != len(self.out_template):
-            raise InvalidArgumentError("CapturedHook pytree specs do not match their templates")
-        self._in_spec_str, self._out_spec_str = in_spec, out_spec
-        constants = constants or {}
-        if not isinstance(constants, dict):
-            raise InvalidArgumentError("CapturedHook constants must be an object")
-        for i in range(len(constants)):
-            meta = constants.get(f"c{i}")
-            if not isinstance(meta, dict) or meta.get("dtype") not in _TENSOR_DTYPES or not isinstance(
-                meta.get("shape"), list
-            ) or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in meta["shape"]):
-                raise InvalidArgumentError(f"CapturedHook constant c{i} needs a dtype and a shape")
-            if math.prod(meta["shape"]) > 2**31:
-                raise InvalidArgumentError(f"CapturedHook constant c{i} is implausibly large")
-            self.register_buffer(f"c{i}", torch.zeros(meta["shape"], dtype=_TENSOR_DTYPES[meta["dtype"]]))
-        self._n_consts = len(constants)
+            raise InvalidArgumentError("CapturedHook tree specs do not match their templates")
+        declared = _constant_specs(constants)
+        for const_name, (dtype, shape) in declared.items():
+            self.register_buffer(const_name, torch.zeros(shape, dtype=dtype))
+        self._n_consts = len(declared)
         try:
             # a plain attribute, not a child module: it holds no state of its own
             object.__setattr__(self, "_gm", decode(graph))
@@ -575,11 +632,15 @@ class CapturedHook(Wrapper):
         self._graph_json = graph
         self._tensor_in_idx = [i for i, v in enumerate(self.in_template) if isinstance(v, dict)]
 
+    @classmethod
+    def declared_tensors(cls, config: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
+        return _constant_specs(config.get("constants") if isinstance(config, dict) else None)
+
     def config(self) -> dict[str, Any]:
         return {
             "graph": self._graph_json, "position": self.position, "with_kwargs": self.with_kwargs,
-            "in_spec": self._in_spec_str, "in_template": self.in_template,
-            "out_spec": self._out_spec_str, "out_template": self.out_template,
+            "in_spec": self._in_spec.to_json(), "in_template": self.in_template,
+            "out_spec": self._out_spec.to_json(), "out_template": self.out_template,
             "host_tensors": self.host_tensors,
             "constants": {
                 f"c{i}": {"dtype": str(b.dtype).removeprefix("torch."), "shape": list(b.shape)}
@@ -618,45 +679,43 @@ class CapturedHook(Wrapper):
         object.__setattr__(self, "_gm_onnx", gm)
         return gm
 
-    def _call(self, host: nn.Module, tree: Any) -> Any:
-        from torch.utils import _pytree
-
-        leaves, spec = _pytree.tree_flatten(tree)
+    def _call(self, host: nn.Module, tree: Any, like: Any) -> Any:
+        try:
+            leaves, spec = _tree.flatten(tree)
+        except _tree.TreeError as exc:
+            spec, leaves = None, []
+            problem = str(exc)
         if spec != self._in_spec:
             raise HookwrapError(
                 f"captured hook {self.name!r} was captured for inputs shaped like {self._in_spec} "
-                f"but is called with {spec}; convert again with example inputs like this call"
+                f"but is called with {spec if spec is not None else problem}; convert again with example "
+                f"inputs like this call"
             )
         inputs = [leaves[i] for i in self._tensor_in_idx]
         host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
         outs = iter(self(*inputs, *host_inputs))
         result = [next(outs) if isinstance(v, dict) else v for v in self.out_template]
-        return _pytree.tree_unflatten(result, self._out_spec)
+        return _tree.unflatten(result, self._out_spec, like=like)
 
     def hookwrap_pre(self, host: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if self.with_kwargs:
-            new_args, new_kwargs = self._call(host, (args, kwargs))
+            new_args, new_kwargs = self._call(host, (args, kwargs), (args, kwargs))
             return tuple(new_args), dict(new_kwargs)
-        return tuple(self._call(host, (args,))), kwargs
+        return tuple(self._call(host, (args,), args)), kwargs
 
     def hookwrap_post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         tree = (args, kwargs, output) if self.with_kwargs else (args, output)
-        return self._call(host, tree)
+        return self._call(host, tree, output)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state = {k: v for k, v in state.items() if k not in ("_gm", "_gm_onnx", "_in_spec", "_out_spec")}
-        return state
+        return {k: v for k, v in state.items() if k not in ("_gm", "_gm_onnx")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from torch.utils import _pytree
-
         from ._graph import decode
 
         super().__setstate__(state)
         object.__setattr__(self, "_gm", decode(self._graph_json))
-        self._in_spec = _pytree.treespec_loads(self._in_spec_str)
-        self._out_spec = _pytree.treespec_loads(self._out_spec_str)
 
 
 def _aten_dropout(spatial: int | None, alpha: bool) -> Callable[..., Tensor]:

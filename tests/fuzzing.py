@@ -2,14 +2,24 @@
 
 The property: ``hw.load`` of a mutated file either succeeds or raises a ``HookwrapError``
 subclass; nothing else escapes, no case takes more than 5 s (a watchdog ends the process
-with every thread's traceback if one hangs, even inside native code), and no module that
-was not imported before gets imported. Used by ``tests/test_fuzz.py`` (a few hundred cases in
-``make test``) and ``benchmarks/bench_fuzz.py`` (thousands in ``make bench``).
+with every thread's traceback if one hangs, even inside native code), no module that was
+not imported before gets imported, and no file appears in or changes in the canary
+folder. A loaded model that holds a captured graph has only allowlisted ops and is run
+once, under the same watch.
+
+The mutations: header bytes, the manifest's JSON (with a recomputed digest), the tensor
+table, the tensor data, the length prefix, and two aimed at captured hooks: a random
+graph of operators drawn from all of ``torch.ops.aten`` (half of them from the
+allowlist), whose string arguments are paths in the canary folder, and random tree specs
+(including torch's own spec format naming a canary module). Used by
+``tests/test_fuzz.py`` (a few hundred cases in ``make test``) and
+``benchmarks/bench_fuzz.py`` (thousands in ``make bench``).
 """
 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import json
 import struct
 import sys
@@ -21,6 +31,8 @@ from helpers import small_cnn
 from hypothesis import strategies as st
 
 import hookwrap as hw
+from hookwrap import wrappers as W
+from hookwrap._graph import _PY_FUNCS, ALLOWED_OPS
 from hookwrap.io import manifest_digest
 
 CASE_LIMIT_SECONDS = 5.0
@@ -35,6 +47,87 @@ def seed_file(folder: Path) -> Path:
     path = folder / "seed.safetensors"
     hw.save(hw.convert(model, (torch.randn(2, 3, 10, 10),)), path)
     return path
+
+
+CANARY_MODULE = "hookwrap_fuzz_canary"
+
+
+def canary_folder(folder: Path) -> Path:
+    """A folder the fuzzed files name in their arguments, holding a module that would leave
+    a file behind if it were ever imported; it is put on ``sys.path``."""
+    canary = folder / "canary"
+    canary.mkdir(exist_ok=True)
+    (canary / f"{CANARY_MODULE}.py").write_text(f"open({str(canary / 'imported')!r}, 'w').write('x')\nx = list\n")
+    (canary / "victim.bin").write_bytes(b"precious" * 8)
+    if str(canary) not in sys.path:
+        sys.path.insert(0, str(canary))
+    return canary
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@functools.cache
+def all_aten_ops() -> list[str]:
+    """Every aten operator overload of this torch, as graph op names."""
+    names = []
+    for full in torch._C._dispatch_get_all_op_names():
+        if full.startswith("aten::"):
+            op, _, overload = full[len("aten::"):].partition(".")
+            names.append(f"aten.{op}.{overload or 'default'}")
+    return sorted(names)
+
+
+PY_FUNCS = ["operator.getitem", "operator.mul", "operator.pow", "operator.add", "math.ceil", "torch.sym_max"]
+
+
+def graph_values(limit: int, canary: Path) -> st.SearchStrategy:
+    leaf = st.one_of(
+        st.integers(0, max(limit - 1, 0)).map(lambda i: {"n": i}),
+        st.integers(-4, 64), st.floats(-4, 4, allow_nan=False), st.booleans(), st.none(),
+        st.sampled_from([str(canary / "victim.bin"), str(canary / "new.bin"), "/etc/hostname"]),
+        st.sampled_from([{"dtype": "float32"}, {"dtype": "uint8"}, {"device": "cpu"},
+                         {"memory_format": "contiguous_format"}, {"float": "inf"}]),
+    )
+    return st.one_of(leaf, st.lists(st.integers(0, 8), max_size=3).map(lambda v: {"list": v}),
+                     st.lists(leaf, max_size=3).map(lambda v: {"tuple": v}))
+
+
+@st.composite
+def random_graph(draw: st.DrawFn, n_inputs: int, canary: Path) -> dict:
+    nodes = []
+    allowed, every = sorted(ALLOWED_OPS), all_aten_ops() + PY_FUNCS
+    for i in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(allowed) if draw(st.booleans()) else st.sampled_from(every))
+        args = draw(st.lists(graph_values(n_inputs + i, canary), max_size=4))
+        kwargs = draw(st.dictionaries(st.sampled_from(["dim", "dtype", "size", "p", "train", "shared", "alpha"]),
+                                      graph_values(n_inputs + i, canary), max_size=2))
+        nodes.append({"op": op, "args": args, "kwargs": kwargs})
+    out = draw(st.integers(0, n_inputs + len(nodes) - 1))
+    return {"version": 1, "inputs": n_inputs, "nodes": nodes, "outputs": [{"n": out}]}
+
+
+TORCH_SPEC = json.dumps([1, {"type": "collections.defaultdict", "context": {
+    "default_factory_module": CANARY_MODULE, "default_factory_name": "x", "dict_context": []}, "children_spec": []}])
+
+tree_specs = st.recursive(
+    st.none() | st.just(TORCH_SPEC) | st.text(max_size=8) | st.integers(-2, 2),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda v: {"tuple": v}),
+        st.lists(inner, max_size=3).map(lambda v: {"list": v}),
+        st.lists(st.tuples(st.text(max_size=3) | st.integers(0, 3), inner).map(list), max_size=3).map(
+            lambda v: {"dict": v}),
+        st.lists(inner, max_size=2).map(lambda v: {"namedtuple": [f"f{i}" for i in range(len(v))], "items": v}),
+        st.fixed_dictionaries({"type": st.sampled_from([f"{CANARY_MODULE}.x", "builtins.tuple"]),
+                               "children_spec": st.lists(inner, max_size=2)}),
+    ),
+    max_leaves=8,
+)
+
+
+def _captured(manifest: dict) -> dict:
+    return manifest["wrappers"]["5"]["post"][0]["config"]
 
 
 def split(raw: bytes) -> tuple[dict, bytes]:
@@ -76,12 +169,30 @@ def _set(root: object, path: tuple, value: object) -> object:
     return root
 
 
+def _with_manifest(header: dict, data: bytes, manifest: dict) -> bytes:
+    meta = header["__metadata__"]
+    text = json.dumps(manifest)
+    meta["hookwrap"] = text
+    meta["hookwrap.digest"] = manifest_digest(text)
+    return join(header, data)
+
+
 @st.composite
-def mutated(draw: st.DrawFn, raw: bytes) -> tuple[str, bytes]:
+def mutated(draw: st.DrawFn, raw: bytes, canary: Path) -> tuple[str, bytes]:
     """A mutation of ``raw``: of header bytes, of the manifest's JSON (with a recomputed,
-    valid digest, so the change reaches the deeper checks), or of the tensor section."""
-    kind = draw(st.sampled_from(["header-bytes", "manifest", "manifest", "tensor-table", "data", "length"]))
+    valid digest, so the change reaches the deeper checks), of a captured hook's graph or
+    tree specs, or of the tensor section."""
+    kind = draw(st.sampled_from(["header-bytes", "manifest", "manifest", "tensor-table", "data", "length",
+                                 "graph", "graph", "tree-spec"]))
     header, data = split(raw)
+    if kind in ("graph", "tree-spec"):
+        manifest = json.loads(header["__metadata__"]["hookwrap"])
+        config = _captured(manifest)
+        if kind == "graph":
+            config["graph"] = draw(random_graph(config["graph"]["inputs"], canary))
+        else:
+            config[draw(st.sampled_from(["in_spec", "out_spec"]))] = draw(tree_specs)
+        return kind, _with_manifest(header, data, manifest)
     n = struct.unpack("<Q", raw[:8])[0]
     if kind == "header-bytes":
         out = bytearray(raw)
@@ -146,16 +257,26 @@ def mutated(draw: st.DrawFn, raw: bytes) -> tuple[str, bytes]:
     return kind, raw[: 8 + n] + data
 
 
-def check_case(path: Path, payload: bytes) -> str:
-    """Write ``payload`` and load it; return "loaded" or "refused", or raise AssertionError."""
+def check_case(path: Path, payload: bytes, canary: Path) -> str:
+    """Write ``payload``, load it and run what loaded; return "loaded" or "refused", or
+    raise AssertionError."""
     path.write_bytes(payload)
-    before = set(sys.modules)
+    before, files = set(sys.modules), _snapshot(canary)
     base = small_cnn()
     start = time.perf_counter()
     faulthandler.dump_traceback_later(2 * CASE_LIMIT_SECONDS, exit=True)  # a hang ends the run
     try:
-        hw.load(path, base=base)
+        model = hw.load(path, base=base)
         outcome = "loaded"
+        for module in model.modules():
+            if isinstance(module, W.CapturedHook):
+                ops = {node["op"] for node in module.config()["graph"]["nodes"]}
+                assert ops <= ALLOWED_OPS | set(_PY_FUNCS), f"a loaded graph holds {sorted(ops - ALLOWED_OPS)}"
+        try:
+            with torch.no_grad():
+                model(torch.randn(2, 3, 10, 10))
+        except Exception:  # a nonsensical graph may fail to run; it must still touch nothing
+            pass
     except hw.HookwrapError:
         outcome = "refused"
     finally:
@@ -163,5 +284,6 @@ def check_case(path: Path, payload: bytes) -> str:
     elapsed = time.perf_counter() - start
     new = set(sys.modules) - before
     assert not new, f"loading imported new modules: {sorted(new)}"
+    assert _snapshot(canary) == files, "a file in the canary folder appeared or changed"
     assert elapsed < CASE_LIMIT_SECONDS, f"a case took {elapsed:.1f} s"
     return outcome

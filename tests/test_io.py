@@ -14,14 +14,14 @@ import time
 
 import pytest
 import torch
+from crafting import hooked_small, rewrite
 from helpers import ROOT, DropoutHook, build, hook_table, small_cnn, state_equal, tied
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 import hookwrap as hw
 from hookwrap import wrappers as W
-from hookwrap.io import manifest_digest
 
 TESTS = str(ROOT / "tests")
 
@@ -66,7 +66,7 @@ def test_round_trip_seed_vgg16(tmp_path):
     converted = hw.convert(model, (x,))
     path = round_trip_fresh(tmp_path, converted, "vgg16", x)
     manifest = hw.read_manifest(path)
-    assert manifest["format_version"] == 1 and manifest["torch_version"] == torch.__version__.split("+")[0]
+    assert manifest["format_version"] == 2 and manifest["torch_version"] == torch.__version__.split("+")[0]
     assert len(manifest["wrappers"]) == 13
     assert manifest["wrappers"]["features.0"] == {
         "module": "Conv2d", "pre": [], "post": [{"type": "Dropout2d", "config": {"p": 0.2, "always": True}}],
@@ -162,34 +162,6 @@ def test_load_refuses_a_base_with_live_hooks(tmp_path):
 # ----------------------------------------------------------------------------------------
 
 
-def hooked_small(tmp_path):
-    model = small_cnn()
-    model[0].register_forward_hook(lambda m, a, o: torch.clamp(o * 1.5, -2, 2))
-    offset = torch.randn(4)
-    model[5].register_forward_hook(lambda m, a, o: o * o.mean() + offset)
-    path = tmp_path / "good.safetensors"
-    converted = hw.convert(model, (torch.randn(2, 3, 10, 10),))
-    hw.save(converted, path)
-    return path
-
-
-def rewrite(src, dst, *, manifest_fn=None, tensors_fn=None, marker=None):
-    tensors = load_file(src)
-    with safe_open(src, "pt") as fh:
-        meta = dict(fh.metadata())
-    manifest = json.loads(meta["hookwrap"])
-    if tensors_fn:
-        tensors_fn(tensors, manifest)
-    if manifest_fn:
-        manifest_fn(manifest)
-    meta["hookwrap"] = json.dumps(manifest)
-    meta["hookwrap.digest"] = manifest_digest(meta["hookwrap"])  # a careful attacker recomputes it
-    if marker is not None:
-        meta["hookwrap.format"] = marker
-    save_file(tensors, dst, metadata=meta)
-    return dst
-
-
 def assert_refused(path, key, *, base=None, error=hw.HookwrapError):
     base = base if base is not None else small_cnn(seed=9)
     state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -241,9 +213,9 @@ def test_corrupt_captured_graph_is_refused(tmp_path, corrupt):
 
 def test_wrong_format_version_and_unknown_wrapper_type(tmp_path):
     good = hooked_small(tmp_path)
-    v2 = rewrite(good, tmp_path / "v2.safetensors", manifest_fn=lambda m: m.update(format_version=2), marker="2")
-    err = assert_refused(v2, "format_version", error=hw.ManifestError)
-    assert "format_version 2 is not supported" in str(err)
+    v3 = rewrite(good, tmp_path / "v3.safetensors", manifest_fn=lambda m: m.update(format_version=3), marker="3")
+    err = assert_refused(v3, "format_version", error=hw.ManifestError)
+    assert "format_version 3 is not supported" in str(err)
 
     def unknown(manifest):
         manifest["wrappers"]["0"]["post"][0]["type"] = "TeleportDropout"
