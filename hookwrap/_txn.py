@@ -126,6 +126,17 @@ def transaction(model: nn.Module, modules: list[nn.Module] | None = None) -> Ite
         raise
 
 
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Run a block that only reads ``model`` (a reference run), then put back whatever the
+    model's own forward changed in its structure: caches it filled, attributes it set."""
+    snap = Snapshot(model)
+    try:
+        yield
+    finally:
+        snap.restore()
+
+
 def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) -> nn.Module:
     """``copy.deepcopy(model)`` that also copes with weight-transform hooks.
 
@@ -134,9 +145,10 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) 
     changes the model's structure but never its weights.
 
     Pruning, ``weight_norm`` and ``spectral_norm`` leave a computed, non-leaf tensor as a
-    plain attribute (``module.weight``), which ``copy.deepcopy`` refuses
-    (pytorch/pytorch#103001). Such tensors are recomputed by their hook at every forward,
-    so the copy gets a detached clone of them.
+    plain attribute (``module.weight``), and models such as timm's LeViT keep non-leaf
+    tensors in cache dictionaries after a grad-enabled forward; ``copy.deepcopy`` refuses
+    them (pytorch/pytorch#103001). Such tensors are recomputed when needed, so the copy
+    gets detached clones of them and the original keeps its own.
 
     Raises:
         HookwrapError: the model cannot be copied; the message suggests ``inplace=True``.
@@ -149,8 +161,7 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) 
             memo[id(tensor)] = tensor
     for mod in model.modules():
         for value in mod.__dict__.values():
-            if isinstance(value, torch.Tensor) and not value.is_leaf and id(value) not in memo:
-                memo[id(value)] = value.detach().clone()
+            _detach_non_leaves(value, memo, depth=4)
     try:
         return copy.deepcopy(model, memo)
     except Exception as exc:
@@ -160,13 +171,23 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) 
         ) from exc
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for a block, then restore every module's own flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
+def _detach_non_leaves(value: Any, memo: dict[int, Any], *, depth: int) -> None:
+    """Put a detached clone of every non-leaf tensor in ``value`` (a module attribute, or the
+    dicts, lists and tuples in it, as deep as ``depth``) into the deepcopy ``memo``.
+
+    Such tensors are caches that a forward pass left behind (timm's attention-bias caches,
+    weight-transform results) and ``copy.deepcopy`` refuses them."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_leaf and id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+        return
+    if depth <= 0 or isinstance(value, nn.Module):
+        return
+    if isinstance(value, dict):
+        items: Any = list(value.values())[:10_000]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)[:10_000]
+    else:
+        return
+    for item in items:
+        _detach_non_leaves(item, memo, depth=depth - 1)

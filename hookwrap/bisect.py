@@ -234,7 +234,8 @@ def bisect(
     """
     import time
 
-    from ._txn import eval_mode
+    from ._torch import eval_mode
+    from ._txn import preserved
     from .parity import _compare_exact, _input_sets, _SeededOps, _signature
 
     start = time.perf_counter()
@@ -257,7 +258,7 @@ def bisect(
     args = tuple(_pytree.tree_unflatten(tensors, spec)) if spec is not None else tuple(tensors)
 
     watch = _SeededOps()
-    with eval_mode(reference):
+    with eval_mode(reference), preserved(reference):
         order, repeated = _torch_outputs(reference, args, watch.mode)
     if watch.seen:
         raise HookwrapError(

@@ -42,7 +42,7 @@ from torch.utils import _pytree
 
 from . import _tree
 from . import wrappers as W
-from ._txn import eval_mode
+from ._torch import seeded_run
 from .errors import InvalidArgumentError
 from .inventory import HookInfo
 
@@ -225,11 +225,14 @@ def _make_proxy(
     return proxy
 
 
-def record(model: nn.Module, example_inputs: tuple, sites: list[Site]) -> dict[tuple[str, str, int], list[Call]]:
-    """Run ``example_inputs`` once and record every call of the hooks behind ``sites``.
+def record(model: nn.Module, example_inputs: tuple, sites: list[Site], *,
+           seed: int) -> tuple[dict[tuple[str, str, int], list[Call]], Any]:
+    """Run ``example_inputs`` once (eval mode, torch's RNG seeded with ``seed``) and record
+    every call of the hooks behind ``sites``.
 
     The model's hooks, training flags and the global RNG state are restored afterwards.
-    Returns calls keyed by ``(module path, kind, hook_id)``.
+    Returns the calls keyed by ``(module path, kind, hook_id)``, and the model's output
+    (the hooks ran as usual, so it is the hooked model's output).
     """
     paths: dict[int, str] = {}
     for p, m in model.named_modules(remove_duplicate=False):
@@ -248,12 +251,11 @@ def record(model: nn.Module, example_inputs: tuple, sites: list[Site]) -> dict[t
             info.hook, info.kind, info.hook_id, paths, store, site.position, site.with_kwargs
         )
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
-            model(*example_inputs)
+        output = seeded_run(model, example_inputs, seed)
     finally:
         for container, hook_id, hook in replaced:
             container[hook_id] = hook
-    return store
+    return store, output
 
 
 # --------------------------------------------------------------------------------------
@@ -673,22 +675,62 @@ class _Callee(nn.Module):
 
     def forward(self, xs: list[Tensor]) -> tuple[Tensor, ...]:
         it = iter(xs)
-        leaves = [next(it) if isinstance(v, dict) else v for v in self._template]
+        stand_ins = iter(self._stand_ins)
+        leaves = [next(it) if v == W.TENSOR else next(stand_ins) if v == W.OPAQUE else v for v in self._template]
         inputs = _tree.unflatten(leaves, self._in_spec)
         result = _run_hook(self._hook_site, tuple(inputs))
         return tuple(v for v in _tree.flatten(result)[0] if isinstance(v, Tensor))
 
+    @property
+    def _stand_ins(self) -> list[_Untouchable]:
+        return self.__dict__.setdefault("_stand_in_objects", [
+            _Untouchable(i) for i, v in enumerate(self._template) if v == W.OPAQUE])
 
-def _leaf_template(leaves: list[Any], what: str) -> list:
-    template: list = []
-    for v in leaves:
+
+class _Untouchable:
+    """Stands in for an input that a captured graph cannot carry (a KV cache, a config): a
+    hook may pass it along, but any use of it fails the capture."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        object.__setattr__(self, "index", index)
+
+    def _touched(self, *args: Any, **kwargs: Any) -> Any:
+        raise _CaptureError("it reads an input that is neither a tensor nor a plain value, which a captured "
+                            "graph cannot carry")
+
+    __getattr__ = __setattr__ = __call__ = __iter__ = __len__ = __bool__ = __getitem__ = _touched
+    __eq__ = __lt__ = __add__ = __mul__ = __index__ = __int__ = __float__ = _touched  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _is_plain(v: Any) -> bool:
+    return isinstance(v, (type(None), bool, int, str)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _leaf_template(leaves: list[Any], *, bake_plain: bool) -> list:
+    """Tensors are graph inputs; with ``bake_plain`` plain values (None, numbers, strings) are
+    fixed in the graph, otherwise they too are passed along without being read."""
+    return [W.TENSOR if isinstance(v, Tensor) else v if bake_plain and _is_plain(v) else W.OPAQUE for v in leaves]
+
+
+def _out_template(out_leaves: list[Any], in_leaves: list[Any], template: list) -> list:
+    """Results: tensors, plain values, or opaque inputs returned as they are (by identity)."""
+    opaque = [in_leaves[i] for i, v in enumerate(template) if v == W.OPAQUE]
+    out: list = []
+    for v in out_leaves:
         if isinstance(v, Tensor):
-            template.append({"tensor": True})
-        elif isinstance(v, (type(None), bool, int, str)) or (isinstance(v, float) and math.isfinite(v)):
-            template.append(v)
+            out.append(W.TENSOR)
+        elif _is_plain(v):
+            out.append(v)
         else:
-            raise _CaptureError(f"its {what} contain a {type(v).__name__}, which a captured graph cannot carry")
-    return template
+            index = next((k for k, o in enumerate(opaque) if o is v), None)
+            if index is None:
+                raise _CaptureError(f"it returns a {type(v).__name__} that it made itself, which a captured "
+                                    f"graph cannot carry")
+            out.append({"opaque": index})
+    return out
 
 
 class _CaptureError(Exception):
@@ -725,7 +767,14 @@ def _zero_fill_empties(graph: Any) -> None:
             node.target = _ZERO_FILLED[node.target]
 
 
-def _capture(site: Site, call: Call) -> W.CapturedHook:
+def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
+    """Export the hook's body on the recorded call into a CapturedHook.
+
+    Without ``bake_plain``, every input that is not a tensor (None, flags, a KV cache) is a
+    stand-in that fails the capture if the hook reads it: the graph then depends on tensors
+    only, and at run time those inputs may be anything. Tensor inputs the graph never uses
+    are passed along the same way. With ``bake_plain``, plain values are fixed in the graph
+    and checked at run time."""
     from torch.export import Dim, export
     from torch.export.graph_signature import InputKind, OutputKind
 
@@ -740,8 +789,7 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
         out_leaves, out_spec = _tree.flatten(result)
     except _tree.TreeError as exc:
         raise _CaptureError(f"its inputs or results cannot be stored: {exc}") from None
-    template = _leaf_template(leaves, "inputs")
-    out_template = _leaf_template(out_leaves, "results")
+    template = _leaf_template(leaves, bake_plain=bake_plain)
     tensors = [v for v in leaves if isinstance(v, Tensor)]
     # torch.export specialises size-1 dimensions: capture with a batch of at least 2.
     example = [torch.cat([t, t]) if t.dim() >= 1 and t.shape[0] == 1 else t for t in tensors]
@@ -754,7 +802,14 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
             ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
             if any(_is_mutating(n.target) for n in ep.graph.nodes if n.op == "call_function"):
                 ep = ep.run_decompositions({})  # functional ops only: no write to any tensor
+    except _CaptureError:
+        raise
     except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+            if isinstance(cause, _CaptureError):
+                raise cause from None
         raise _CaptureError(_explain_export_error(exc)) from None
     _zero_fill_empties(ep.graph)
 
@@ -763,9 +818,14 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
     user, host, consts = [], [], []
     const_values: list[Tensor] = []
     host_names: list[str] = []
+    tensor_slots = iter([i for i, v in enumerate(template) if v == W.TENSOR])
     for node, spec in zip(placeholders, sig.input_specs):
         if spec.kind == InputKind.USER_INPUT:
-            user.append(node)
+            slot = next(tensor_slots)
+            if node.users:
+                user.append(node)
+            else:  # a tensor the graph never uses is passed along, like other inputs it ignores
+                template[slot] = W.OPAQUE
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
             if node.users:
                 target = spec.target
@@ -787,6 +847,7 @@ def _capture(site: Site, call: Call) -> W.CapturedHook:
     user_outputs = [
         value for value, spec in zip(output_node.args[0], sig.output_specs) if spec.kind == OutputKind.USER_OUTPUT
     ]
+    out_template = _out_template(out_leaves, leaves, template)
     try:
         graph_json = encode(ep.graph, user + host + consts, user_outputs)
     except GraphFormatError as exc:
@@ -857,12 +918,17 @@ def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> 
     if _mode_dependent(site, first):
         return Outcome("blocker", detail="it runs different operations in train and eval mode; a captured graph holds one of them.",
                        fix="make the hook independent of module.training, or use hw.hooks.Dropout*/GaussianNoise", calls=n)
-    try:
-        captured = _capture(site, first)
-    except _CaptureError as exc:
-        return Outcome("blocker", detail=f"{exc}.", fix=_FIX_REWRITE, calls=n)
-    problem = _validate(site, captured, recorded, batch_check=True, batch=batch)
-    if problem is not None:
+    problem = ""
+    for bake_plain in (False, True):  # first with every non-tensor input passed along unread
+        try:
+            captured = _capture(site, first, bake_plain=bake_plain)
+        except _CaptureError as exc:
+            problem = str(exc)
+            continue
+        problem = _validate(site, captured, recorded, batch_check=True, batch=batch) or ""
+        if not problem:
+            break
+    if problem:
         return Outcome("blocker", detail=f"{problem}.", fix=_FIX_REWRITE, calls=n)
     ops = len(captured.config()["graph"]["nodes"])
     return Outcome("wrapper", wrapper=captured, detail=f"captured with torch.export as CapturedHook ({ops} ops)", calls=n)

@@ -296,6 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 ["random ops", ", ".join(f"{k} {v}" for k, v in result.random_ops.items()) or "none"],
                 ["exporter", result.exporter], ["seconds", f"{result.seconds:.1f}"]]
         console.print(_table("export", [["", ""]] + rows))
+        for note in result.notes:
+            console.print(f"note: {note}")
         console.print(_files_table(result.files))
         if report is not None:
             _show_report(console, report)

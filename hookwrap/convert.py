@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from . import wrappers as W
+from ._torch import first_difference, inputs_like, seeded_run
 from ._txn import deepcopy_model, transaction
 from .capture import Call, Outcome, Site, convert_site, record
 from .errors import Blocker, HookwrapError, InvalidArgumentError, UnconvertibleHookError
@@ -32,7 +33,7 @@ from .hooks import Hook
 from .inventory import FORWARD_KINDS, GLOBAL_PATH, GRAD_KINDS, HookInfo, _unwrap, inventory
 from .registry import find_converter
 from .report import Action, attach_report
-from .strip import bake_hook, remove_hook
+from .strip import bake_hook, remove_hook, without_hooks
 
 __all__ = ["convert", "convert_in_place", "check_example_inputs"]
 
@@ -75,6 +76,8 @@ class _Plan:
         self.remove: list[HookInfo] = []
         self.actions: list[Action] = []
         self.blockers: list[Blocker] = []
+        # the hooked model's outputs on the end-to-end check's inputs, by index
+        self.expected: dict[int, Any] = {}
 
     def place(self, host: nn.Module, position: str, wrapper: W.Wrapper) -> None:
         self.hosts[id(host)] = host
@@ -141,7 +144,7 @@ def _plan(model: nn.Module, example_inputs: tuple | None) -> _Plan:
     calls: dict[tuple[str, str, int], list[Call]] | None = None
     if to_record and example_inputs is not None:
         try:
-            calls = record(model, example_inputs, to_record)
+            calls, plan.expected[0] = record(model, example_inputs, to_record, seed=CHECK_SEEDS[0])
         except Exception as exc:
             raise HookwrapError(
                 f"running example_inputs through {type(model).__name__} failed "
@@ -271,7 +274,95 @@ def convert_in_place(target: nn.Module, example: tuple | None) -> nn.Module:
     plan = _plan(target, example)
     if plan.blockers:
         raise UnconvertibleHookError(plan.blockers)
-    with transaction(target), torch.no_grad():
-        _apply(target, plan)
-        attach_report(target, plan.actions)
+    checks = _check_inputs(example)
+    for i, (inputs, seed) in enumerate(checks):
+        if i not in plan.expected:
+            plan.expected[i] = _run(target, inputs, seed, "the hooked model")
+    try:
+        with transaction(target), torch.no_grad():
+            _apply(target, plan)
+            attach_report(target, plan.actions)
+            for i, (inputs, seed) in enumerate(checks):
+                difference = first_difference(_run(target, inputs, seed, "the converted model"), plan.expected[i])
+                if difference is not None:
+                    raise _Mismatch(i, difference)
+    except _Mismatch as mismatch:  # the transaction has put target back as it was
+        raise UnconvertibleHookError(_diagnose(target, plan, checks, mismatch)) from None
     return target
+
+
+# The end-to-end check: the example inputs and a second input drawn like them, each run
+# with torch's RNG seeded alike on both sides (stochastic wrappers draw what the hooks drew).
+CHECK_SEEDS = (1234, 5678)
+
+
+def _check_inputs(example: tuple | None) -> list[tuple[tuple, int]]:
+    if not example:
+        return []
+    return [(example, CHECK_SEEDS[0]), (tuple(inputs_like(example, CHECK_SEEDS[1])), CHECK_SEEDS[1])]
+
+
+def _run(model: nn.Module, inputs: tuple, seed: int, what: str) -> Any:
+    try:
+        return seeded_run(model, inputs, seed)
+    except Exception as exc:
+        raise HookwrapError(f"running {what} for convert's end-to-end check failed ({type(exc).__name__}: "
+                            f"{exc}); pass example_inputs the model accepts") from exc
+
+
+class _Mismatch(Exception):
+    def __init__(self, index: int, difference: str) -> None:
+        super().__init__(difference)
+        self.index, self.difference = index, difference
+
+
+_MAX_SINGLE_CHECKS = 64
+
+
+def _diagnose(model: nn.Module, plan: _Plan, checks: list[tuple[tuple, int]], mismatch: _Mismatch) -> list[Blocker]:
+    """Name the hooks at fault for a failed end-to-end check. Hooks that were stripped as
+    observers are tried first: the hooked model is run without each of them (it is put
+    back at once); one whose absence changes the outputs feeds the model's own forward."""
+    inputs, seed = checks[mismatch.index]
+    which = "the example inputs" if mismatch.index == 0 else "a second input drawn like the example"
+    stripped_keys = {(a.path, a.kind, a.name) for a in plan.actions if a.action == "stripped"}
+    observers = [h for h in plan.remove if (h.path, h.kind, h.name) in stripped_keys and h.kind in FORWARD_KINDS]
+    at_fault: list[HookInfo] = []
+    if observers:
+        with without_hooks(observers):
+            changed = first_difference(_run(model, inputs, seed, "the hooked model"), plan.expected[mismatch.index])
+        if changed is not None:
+            for info in observers[:_MAX_SINGLE_CHECKS]:
+                with without_hooks([info]):
+                    if first_difference(_run(model, inputs, seed, "the hooked model"), plan.expected[mismatch.index]):
+                        at_fault.append(info)
+    if at_fault:
+        return [Blocker(
+            h.path, h.kind, h.name,
+            f"it returns None and changes no tensor, but the model's own forward reads back what it stores: "
+            f"without it, {mismatch.difference.split(':')[0]} changes on {which}. A module cannot carry that side effect.",
+            _TIMM_FIX if h.origin == "timm" else _TAP_FIX) for h in at_fault]
+    converted = [a for a in plan.actions if a.action == "converted"]
+    writers = [a for a in plan.actions if a.action == "stripped" and "Python state" in a.detail]
+    return [Blocker(
+        a.path, a.kind, a.name,
+        f"it was stripped as an observer, but it changes Python state, and the converted model differs from "
+        f"the hooked model on {which} ({mismatch.difference}): another hook may read what it stores.",
+        _TAP_FIX) for a in writers] + [Blocker(
+        a.path, a.kind, a.name,
+        f"the converted model differs from the hooked model on {which} ({mismatch.difference}); the wrappers "
+        f"reproduce each hook alone, so the hooks together do something else (state shared between calls, or "
+        f"a hook that sees what another one did, or randomness from outside torch).",
+        "make each hook a pure function of its own inputs (no state shared with other hooks or kept between "
+        "calls), or export the hooked model itself with hw.export_onnx, whose dynamo exporter runs hooks inline") for a in converted] or [Blocker(
+            "", "forward", type(model).__name__,
+            f"the converted model differs from the hooked model on {which} ({mismatch.difference}).",
+            "report this with the model and the hooks: it is a hookwrap bug")]
+
+
+_TAP_FIX = ("make the hook return the value it stores (or compute it in forward), or export the hooked model "
+            "itself with hw.export_onnx, whose dynamo exporter runs the hook inline")
+_TIMM_FIX = ("this is timm's FeatureHooks (features_only with feature_cls='hook'): timm rebuilds these hooks "
+             "whenever it creates the model, so save its weights as they are (safetensors.torch.save_model) and "
+             "export it with hw.export_onnx, which exports the hooked model itself; or create the model with "
+             "feature_cls='getter', which needs no hooks")

@@ -57,10 +57,12 @@ class UnconvertibleHookError(HookwrapError):
     The model passed to ``convert`` is left exactly as it was.
     """
 
-    def __init__(self, blockers: list[Blocker]) -> None:
+    def __init__(self, blockers: list[Blocker], *, note: str = "") -> None:
         self.blockers = list(blockers)
         lines = [f"{len(self.blockers)} hook(s) cannot be converted:"]
         lines += [f"  - {b}" for b in self.blockers]
+        if note:
+            lines.append(note)
         super().__init__("\n".join(lines))
 
 

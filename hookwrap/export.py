@@ -20,9 +20,10 @@ from torch.utils import _pytree
 
 from ._fs import commit, fsync_dir, private_folder
 from ._onnx import RANDOM_OPS, all_nodes, random_ops_of
-from ._txn import deepcopy_model, eval_mode
+from ._torch import eval_mode
+from ._txn import deepcopy_model
 from .convert import check_example_inputs, convert, convert_in_place
-from .errors import ExportError, HookwrapError, InvalidArgumentError
+from .errors import Blocker, ExportError, HookwrapError, InvalidArgumentError, UnconvertibleHookError
 from .inventory import forward_hooks
 from .report import ConversionReport, conversion_report
 
@@ -45,6 +46,8 @@ class ExportResult:
     converted: bool
     seconds: float
     report: ConversionReport | None = field(default=None, repr=False)
+    inline_hooks: list[Blocker] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nodes(self) -> int:
@@ -62,6 +65,9 @@ class ExportResult:
             "bytes": sum(f.stat().st_size for f in self.files if f.exists()),
             "external_data": self.external_data, "inputs": self.input_names, "outputs": self.output_names,
             "dynamic_batch": self.dynamic_batch, "converted": self.converted, "seconds": round(self.seconds, 3),
+            "inline_hooks": [{"path": b.path, "kind": b.kind, "name": b.name, "reason": b.reason}
+                             for b in self.inline_hooks],
+            "notes": list(self.notes),
         }
 
 
@@ -163,12 +169,31 @@ def quiet_torch() -> Iterator[None]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _explain(exc: BaseException, exporter: str) -> str:
+def _odd_outputs(model: nn.Module, example: tuple) -> list[str]:
+    """Paths and types of the non-tensor objects in the model's output (a KV cache), which
+    no exporter can turn into ONNX outputs. Runs the model once; only on a failed export."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(*example)
+        leaves, _ = _pytree.tree_flatten_with_path(out)
+    except Exception:
+        return []
+    return [f"output{_pytree.keystr(path)} ({type(v).__name__})" for path, v in leaves
+            if not isinstance(v, (Tensor, int, float, bool, str, type(None)))]
+
+
+def _explain(exc: BaseException, exporter: str, odd: list[str] | None = None) -> str:
     root = exc
     while root.__cause__ is not None:  # the exporter wraps the real error
         root = root.__cause__
     text = _ANSI.sub("", f"{type(root).__name__}: {root}").strip()
     first = text.splitlines()[0][:400] if text else type(root).__name__
+    if odd:
+        return (f"the {exporter} exporter cannot export the model's output: it holds {', '.join(odd[:3])}, which "
+                f"is not a tensor ({first[:200]}); torch.onnx.export cannot flatten it either. Fix: build the model "
+                f"without it (for a Hugging Face model, config.use_cache = False: the logits are the same), or "
+                f"register its type with torch.utils._pytree (for transformers' caches: transformers.integrations."
+                f"executorch.register_dynamic_cache_export_support()) so that its tensors become outputs")
     if exporter == "legacy" and "training mode" in text:
         return (f"the legacy exporter cannot export dropout that stays on in eval mode ({first}); "
                 f"use exporter='dynamo', which exports it with random operators")
@@ -233,13 +258,27 @@ def export_onnx(
     start = time.perf_counter()
     hooks = forward_hooks(model)
     converted = bool(hooks)
+    inline: list[Blocker] = []
+    notes: list[str] = []
     if not converted:
         subject = model
-    elif any(h.plan == "bake" for h in hooks):
-        subject = convert(model, example)  # baking changes weights: a full copy
     else:
-        # A copy whose modules and hooks are new but whose weights are shared, read-only.
-        subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
+        try:
+            if any(h.plan == "bake" for h in hooks):
+                subject = convert(model, example)  # baking changes weights: a full copy
+            else:
+                # A copy whose modules and hooks are new but whose weights are shared, read-only.
+                subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
+        except UnconvertibleHookError as exc:
+            if exporter != "dynamo":
+                raise UnconvertibleHookError(exc.blockers, note="exporter='dynamo' exports the hooked model "
+                                             "itself, running these hooks inline") from None
+            # No wrapper can stand in for these hooks: export the hooked model itself. The dynamo
+            # exporter traces its Python, hooks included (on a copy, so caches stay the model's own).
+            subject, converted, inline = deepcopy_model(model, "export_onnx", share_tensors=True), False, exc.blockers
+            named = ", ".join(f"{b.path or '<root>'} {b.name}" for b in inline[:4]) + (", ..." if len(inline) > 4 else "")
+            notes.append(f"exported the hooked model itself: {len(inline)} hook(s) cannot become modules "
+                         f"({named}); the dynamo exporter ran them inline")
     report = conversion_report(subject)
     with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name
@@ -252,7 +291,10 @@ def export_onnx(
             except HookwrapError:
                 raise
             except Exception as exc:
-                raise ExportError(_explain(exc, exporter)) from exc
+                raise ExportError(_explain(exc, exporter, _odd_outputs(subject, example))) from exc
+        if not proto.graph.output:
+            raise ExportError(f"the exported graph has no outputs: {type(model).__name__} returned no tensor for "
+                              f"example_inputs; check what the model returns")
         try:
             onnx.checker.check_model(proto if exporter == "dynamo" else str(tmp), full_check=False)
         except Exception as exc:
@@ -272,5 +314,5 @@ def export_onnx(
         random_ops=random, files=files, external_data=len(files) > 1,
         input_names=inputs,
         output_names=[o.name for o in proto.graph.output], dynamic_batch=dynamic_batch,
-        converted=converted, seconds=time.perf_counter() - start, report=report,
+        converted=converted, seconds=time.perf_counter() - start, report=report, inline_hooks=inline, notes=notes,
     )

@@ -65,7 +65,8 @@ from torch.utils import _pytree
 
 from ._fs import atomic_write_text
 from ._onnx import open_session, random_ops_of, read_onnx
-from ._txn import eval_mode
+from ._torch import eval_mode
+from ._txn import preserved
 from .errors import InvalidArgumentError, ParityError
 
 __all__ = ["check_parity", "assert_parity", "ParityReport", "OutputCheck", "load_inputs"]
@@ -591,7 +592,7 @@ def check_parity(
     out_names = [o.name for o in session.get_outputs()]
     sets, sources, spec = _input_sets(inputs, sig, seed=seed, random_inputs=random_inputs)
     notes: list[str] = []
-    with eval_mode(reference):
+    with eval_mode(reference), preserved(reference):
         # Stochastic means: outputs differ between runs under two different seeds. A run
         # that draws nothing from torch's RNG cannot depend on the seed, so the second
         # run is only needed when the first one drew random numbers.

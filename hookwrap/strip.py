@@ -16,7 +16,7 @@ from .hooks import Where, select_modules
 from .inventory import GLOBAL_PATH, KINDS, HookInfo, Inventory, inventory
 from .report import Action, attach_report
 
-__all__ = ["strip", "stripped", "bake_hook", "remove_hook", "BAKE_ORIGINS"]
+__all__ = ["strip", "stripped", "without_hooks", "bake_hook", "remove_hook", "BAKE_ORIGINS"]
 
 BAKE_ORIGINS = frozenset({"prune", "weight_norm", "spectral_norm"})
 
@@ -213,7 +213,15 @@ def stripped(
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"stripped needs an nn.Module, got {type(model).__name__}")
-    selected = select_hooks(model, where=where, kinds=kinds)
+    with without_hooks(select_hooks(model, where=where, kinds=kinds)):
+        yield model
+
+
+@contextlib.contextmanager
+def without_hooks(hooks: Iterable[HookInfo]) -> Iterator[None]:
+    """Unregister ``hooks`` for a block, then put the same hooks back in the same order with
+    the same ids (hooks registered inside the block stay, after the restored ones)."""
+    selected = list(hooks)
     saved: dict[int, tuple[dict, list[tuple[Any, Any]]]] = {}
     for info in selected:
         for container in [info.container(), *_flag_dicts(info)]:
@@ -222,7 +230,7 @@ def stripped(
     for info in selected:
         remove_hook(info)
     try:
-        yield model
+        yield
     finally:
         for container, items in saved.values():
             original_ids = {k for k, _ in items}

@@ -549,11 +549,25 @@ def _constant_specs(constants: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
     return out
 
 
-def _check_template(template: Any, what: str) -> list:
-    if not isinstance(template, list) or not all(
-        (isinstance(v, dict) and v == {"tensor": True}) or isinstance(v, _SCALAR_LEAF) for v in template
-    ):
-        raise InvalidArgumentError(f"CapturedHook {what} must be a list of scalars or {{'tensor': true}}")
+TENSOR, OPAQUE = {"tensor": True}, {"opaque": True}
+
+
+def _check_template(template: Any, what: str, *, opaque_inputs: int | None = None) -> list:
+    """A template lists a structure's leaves: ``{"tensor": true}`` (a graph input or output),
+    a JSON scalar (fixed at capture), and in inputs ``{"opaque": true}`` (a live object the
+    hook passes along without reading it, such as a KV cache) or in outputs
+    ``{"opaque": k}`` (the k-th opaque input, returned as it is)."""
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, _SCALAR_LEAF) or v == TENSOR:
+            return True
+        if opaque_inputs is None:
+            return v == OPAQUE
+        return isinstance(v, dict) and set(v) == {"opaque"} and type(v["opaque"]) is int \
+            and 0 <= v["opaque"] < opaque_inputs
+
+    if not isinstance(template, list) or not all(ok(v) for v in template):
+        raise InvalidArgumentError(f"CapturedHook {what} must list scalars, tensors and opaque values")
     return template
 
 
@@ -598,7 +612,8 @@ class CapturedHook(Wrapper):
         self.with_kwargs = _check_bool("with_kwargs", with_kwargs)
         self.name = str(name)
         self.in_template = _check_template(in_template, "in_template")
-        self.out_template = _check_template(out_template, "out_template")
+        self._opaque_in_idx = [i for i, v in enumerate(self.in_template) if v == OPAQUE]
+        self.out_template = _check_template(out_template, "out_template", opaque_inputs=len(self._opaque_in_idx))
         if not isinstance(host_tensors, (list, tuple)) or not all(
             isinstance(h, str) and h and all(p.isidentifier() for p in h.split(".")) for h in host_tensors
         ):
@@ -620,17 +635,16 @@ class CapturedHook(Wrapper):
             object.__setattr__(self, "_gm", decode(graph))
         except GraphFormatError as exc:
             raise InvalidArgumentError(f"CapturedHook graph refused: {exc}") from None
-        n_tensor_in = sum(1 for v in self.in_template if isinstance(v, dict))
-        expected = n_tensor_in + len(self.host_tensors) + self._n_consts
+        self._tensor_in_idx = [i for i, v in enumerate(self.in_template) if v == TENSOR]
+        self._scalar_in = [(i, v) for i, v in enumerate(self.in_template) if not isinstance(v, dict)]
+        expected = len(self._tensor_in_idx) + len(self.host_tensors) + self._n_consts
         if graph["inputs"] != expected:
             raise InvalidArgumentError(
                 f"CapturedHook graph takes {graph['inputs']} inputs but its templates give {expected}"
             )
-        n_tensor_out = sum(1 for v in self.out_template if isinstance(v, dict))
-        if len(graph["outputs"]) != n_tensor_out:
+        if len(graph["outputs"]) != sum(1 for v in self.out_template if v == TENSOR):
             raise InvalidArgumentError("CapturedHook graph outputs do not match out_template")
         self._graph_json = graph
-        self._tensor_in_idx = [i for i, v in enumerate(self.in_template) if isinstance(v, dict)]
 
     @classmethod
     def declared_tensors(cls, config: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
@@ -691,10 +705,18 @@ class CapturedHook(Wrapper):
                 f"but is called with {spec if spec is not None else problem}; convert again with example "
                 f"inputs like this call"
             )
+        for i, value in self._scalar_in:
+            if leaves[i] != value or type(leaves[i]) is not type(value):
+                raise HookwrapError(
+                    f"captured hook {self.name!r} was captured with the value {value!r} at input {i} but is "
+                    f"called with {leaves[i]!r}; its graph holds the captured value, so convert again with "
+                    f"example inputs like this call")
         inputs = [leaves[i] for i in self._tensor_in_idx]
+        opaque = [leaves[i] for i in self._opaque_in_idx]
         host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
         outs = iter(self(*inputs, *host_inputs))
-        result = [next(outs) if isinstance(v, dict) else v for v in self.out_template]
+        result = [next(outs) if v == TENSOR else opaque[v["opaque"]] if isinstance(v, dict) else v
+                  for v in self.out_template]
         return _tree.unflatten(result, self._out_spec, like=like)
 
     def hookwrap_pre(self, host: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

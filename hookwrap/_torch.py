@@ -1,0 +1,136 @@
+"""Small torch helpers shared by capture, convert, export and parity (a leaf module)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["eval_mode", "seeded_run", "inputs_like", "first_difference", "MAX_COMPARE_DEPTH"]
+
+MAX_COMPARE_DEPTH = 12
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for a block, then restore every module's own flag.
+
+    The flags are set directly, as ``nn.Module.train`` does, without calling the model's
+    own ``train``/``eval`` overrides: those may clear caches or change other state (timm's
+    LeViT empties its attention-bias cache), and a check must leave the model alone."""
+    modes = [(m, m.training) for m in model.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def seeded_run(model: nn.Module, inputs: tuple, seed: int) -> Any:
+    """``model(*inputs)`` in eval mode without autograd, with torch's RNG seeded by ``seed``
+    and the caller's RNG state restored afterwards."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
+        torch.manual_seed(seed)
+        return model(*inputs)
+
+
+def inputs_like(example: Any, seed: int) -> Any:
+    """A new input of the same structure, shapes and dtypes as ``example``, drawn with
+    ``seed``: floating tensors from a normal distribution with the example's mean and
+    spread, integer tensors uniformly between the example's min and max (so token ids
+    stay in the vocabulary), booleans at random. Anything else is kept as it is."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            if value.numel() == 0:
+                return value.clone()
+            if value.is_floating_point():
+                std = float(value.float().std()) if value.numel() > 1 else 1.0
+                std = std if math.isfinite(std) and std > 0 else 1.0
+                mean = float(value.float().mean())
+                mean = mean if math.isfinite(mean) else 0.0
+                noise = torch.randn(value.shape, generator=gen, dtype=torch.float32)
+                return (noise * std + mean).to(value.dtype)
+            if value.dtype == torch.bool:
+                return torch.rand(value.shape, generator=gen) < 0.5
+            if not value.is_complex():
+                lo, hi = int(value.min()), int(value.max())
+                return torch.randint(lo, hi + 1, value.shape, generator=gen, dtype=torch.int64).to(value.dtype)
+            return value.clone()
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(draw(v) for v in value)
+        if isinstance(value, list):
+            return [draw(v) for v in value]
+        if isinstance(value, dict):
+            return {k: draw(v) for k, v in value.items()}
+        return value
+
+    return draw(example)
+
+
+def first_difference(a: Any, b: Any, where: str = "output", depth: int = 0) -> str | None:
+    """Where two model outputs differ, or None if they are identical: every tensor
+    (bit-exact, NaNs in the same places), list, tuple, dict, dataclass or ``ModelOutput``
+    field, and the attributes of other objects (a KV cache), compared as far as
+    :data:`MAX_COMPARE_DEPTH` levels."""
+    if depth > MAX_COMPARE_DEPTH:
+        return None
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            return f"{where}: a {type(a).__name__} against a {type(b).__name__}"
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{where}: {a.dtype}{list(a.shape)} against {b.dtype}{list(b.shape)}"
+        if a.is_floating_point() or a.is_complex():
+            same_nan = torch.equal(a.isnan(), b.isnan())
+            if not same_nan or not torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0)):
+                diff = (a.double() - b.double()).abs().nan_to_num(0).max().item() if a.numel() else 0.0
+                return f"{where}: values differ (max |diff| {diff:.3g})"
+        elif not torch.equal(a, b):
+            return f"{where}: values differ"
+        return None
+    if type(a) is not type(b):
+        return f"{where}: a {type(a).__name__} against a {type(b).__name__}"
+    if isinstance(a, dict) or (hasattr(a, "keys") and hasattr(a, "__getitem__") and not isinstance(a, nn.Module)):
+        keys_a, keys_b = list(a.keys()), list(b.keys())
+        if keys_a != keys_b:
+            return f"{where}: keys {keys_a} against {keys_b}"
+        for key in keys_a:
+            found = first_difference(a[key], b[key], f"{where}[{key!r}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} items against {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}[{i}]", depth + 1)
+            if found:
+                return found
+        return None
+    if dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            found = first_difference(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return None
+    if isinstance(a, (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.Size)):
+        return None if a == b else f"{where}: {a!r} against {b!r}"
+    state_a, state_b = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
+    if isinstance(state_a, dict) and isinstance(state_b, dict) and not isinstance(a, nn.Module):
+        if list(state_a) != list(state_b):
+            return f"{where}: attributes {sorted(state_a)} against {sorted(state_b)}"
+        for key in state_a:
+            found = first_difference(state_a[key], state_b[key], f"{where}.{key}", depth + 1)
+            if found:
+                return found
+    return None
