@@ -29,6 +29,7 @@ bench: install
 lint: install
 	$(PY) -m ruff check hookwrap tests examples benchmarks
 	$(PY) -m mypy hookwrap
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

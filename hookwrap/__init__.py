@@ -11,11 +11,11 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "inventory": "inventory",
+    "inventory": "plan",
     "Inventory": "inventory",
     "HookInfo": "inventory",
     "attach": "hooks",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "assert_parity": "parity",
     "ParityReport": "parity",
     "bisect": "bisect",
+    "record": "golden",
     "BisectReport": "bisect",
     "save": "io",
     "load": "io",
@@ -90,10 +91,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         UnconvertibleHookError,
     )
     from .export import ExportResult, export_onnx
+    from .golden import record
     from .hooks import HookHandle, attach
-    from .inventory import HookInfo, Inventory, inventory
+    from .inventory import HookInfo, Inventory
     from .io import load, read_manifest, save, verify
     from .parity import ParityReport, assert_parity, check_parity
+    from .plan import inventory
     from .registry import register_converter
     from .report import ConversionReport, conversion_report
     from .strip import strip, stripped

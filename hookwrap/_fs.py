@@ -87,8 +87,6 @@ def fd_path(handle: BinaryIO, fallback: str | os.PathLike[str]) -> str:
 TMP_MARK = ".hookwrap-tmp-"
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -201,6 +199,18 @@ def private_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def _new_file_mode(folder: Path) -> int:
+    """The permissions a new file gets here under the process's umask, read off a probe
+    file in our private folder (reading the umask itself means changing it, process-wide)."""
+    probe = folder / ".mode-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
 def commit(tmp: Path, target: Path) -> None:
     """Make the finished file ``tmp`` durable and move it over ``target`` (same folder).
 
@@ -212,7 +222,7 @@ def commit(tmp: Path, target: Path) -> None:
     try:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
+        mode = _new_file_mode(tmp.parent)
     os.chmod(tmp, mode)
     old = _hold_old(target)
     try:
@@ -241,6 +251,17 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with file_errors(target, "replace it"):
             commit(tmp, target)
             fsync_dir(target.parent if str(target.parent) else Path("."))
+
+
+def write_json(data: object, path: str | os.PathLike[str] | None, indent: int) -> str:
+    """``data`` as JSON text, also written atomically to ``path`` when one is given (the
+    ``to_json(path=None)`` of every report)."""
+    import json
+
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        atomic_write_text(path, text + "\n")
+    return text
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

@@ -4,14 +4,66 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_mod
+from torch.utils import _pytree
 
-__all__ = ["eval_mode", "seeded_run", "inputs_like", "first_difference", "MAX_COMPARE_DEPTH"]
+__all__ = ["eval_mode", "seeded_run", "inputs_like", "first_difference", "quiet", "batch_of_two", "unwrap_hook",
+           "MAX_COMPARE_DEPTH"]
+
+# The loggers (and warning sources) of torch and its ONNX exporter: quiet() silences these only.
+TORCH_LOGGERS = ("torch", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence torch's own loggers and warnings for a block.
+
+    torch.export logs whole tracebacks at ERROR level before it raises; the exception
+    hookwrap raises says what went wrong, once. Only loggers named ``torch...``,
+    ``onnxscript...`` and ``onnx_ir...`` are touched, and only for the block: the rest of the
+    process's logging, stdout and stderr are left alone."""
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in TORCH_LOGGERS]
+    loggers = [logging.getLogger(n) for n in {*names, *TORCH_LOGGERS}]
+    saved = [(logger, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            for name in TORCH_LOGGERS:
+                warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+            yield
+    finally:
+        for logger, disabled in saved:
+            logger.disabled = disabled
+
+
+def batch_of_two(value: Any) -> Any:
+    """``value`` with every tensor whose first dimension is 1 repeated to 2: torch.export
+    specialises size-1 dimensions, so a trace at batch 1 would only accept batch 1."""
+    return _pytree.tree_map(
+        lambda v: torch.cat([v, v]) if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == 1 else v, value)
+
+
+def unwrap_hook(hook: Any) -> Any:
+    """The function or object behind a registered hook (through torch's ``_WrappedHook``
+    and ``functools.partial``)."""
+    for _ in range(8):
+        if isinstance(hook, _module_mod._WrappedHook):
+            hook = hook.hook
+        elif isinstance(hook, functools.partial):
+            hook = hook.func
+        else:
+            break
+    return hook
 
 MAX_COMPARE_DEPTH = 12
 
@@ -99,28 +151,16 @@ def first_difference(a: Any, b: Any, where: str = "output", depth: int = 0) -> s
     if type(a) is not type(b):
         return f"{where}: a {type(a).__name__} against a {type(b).__name__}"
     if isinstance(a, dict) or (hasattr(a, "keys") and hasattr(a, "__getitem__") and not isinstance(a, nn.Module)):
-        keys_a, keys_b = list(a.keys()), list(b.keys())
-        if keys_a != keys_b:
-            return f"{where}: keys {keys_a} against {keys_b}"
-        for key in keys_a:
-            found = first_difference(a[key], b[key], f"{where}[{key!r}]", depth + 1)
-            if found:
-                return found
-        return None
+        if list(a.keys()) != list(b.keys()):
+            return f"{where}: keys {list(a.keys())} against {list(b.keys())}"
+        return _first_of(((a[k], b[k], f"{where}[{k!r}]") for k in a.keys()), depth)
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return f"{where}: {len(a)} items against {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = first_difference(x, y, f"{where}[{i}]", depth + 1)
-            if found:
-                return found
-        return None
+        return _first_of(((x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))), depth)
     if dataclasses.is_dataclass(a):
-        for f in dataclasses.fields(a):
-            found = first_difference(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}", depth + 1)
-            if found:
-                return found
-        return None
+        return _first_of(((getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+                          for f in dataclasses.fields(a)), depth)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return None
     if isinstance(a, (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.Size)):
@@ -129,8 +169,14 @@ def first_difference(a: Any, b: Any, where: str = "output", depth: int = 0) -> s
     if isinstance(state_a, dict) and isinstance(state_b, dict) and not isinstance(a, nn.Module):
         if list(state_a) != list(state_b):
             return f"{where}: attributes {sorted(state_a)} against {sorted(state_b)}"
-        for key in state_a:
-            found = first_difference(state_a[key], state_b[key], f"{where}.{key}", depth + 1)
-            if found:
-                return found
+        return _first_of(((state_a[k], state_b[k], f"{where}.{k}") for k in state_a), depth)
+    return None
+
+
+def _first_of(pairs: Any, depth: int) -> str | None:
+    """The first difference among ``(a, b, where)`` pairs, one level deeper."""
+    for x, y, where in pairs:
+        found = first_difference(x, y, where, depth + 1)
+        if found:
+            return found
     return None

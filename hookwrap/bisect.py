@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +31,12 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from . import wrappers as W
+from ._fs import write_json
 from ._onnx import OnnxFile, open_session, random_ops_of, read_onnx
+from .compare import compare_exact
 from .errors import HookwrapError, InvalidArgumentError
+from .parity_inputs import signature
+from .reference import ModelReference, SeededOps, model_inputs
 
 __all__ = ["bisect", "BisectReport", "LayerError"]
 
@@ -90,6 +95,10 @@ class BisectReport:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "notes": list(self.notes), "seconds": round(self.seconds, 3),
         }
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """The report as JSON; also written to ``path`` if given."""
+        return write_json(self.to_dict(), path, indent)
 
     def rows(self, *, limit: int = 40) -> list[list[str]]:
         """Table rows (header first): the layers around the first divergence."""
@@ -232,47 +241,45 @@ def bisect(
         >>> report.first_divergent
         'layer3.0.conv2'
     """
-    import time
-
-    from ._torch import eval_mode
-    from ._txn import preserved
-    from .parity import _compare_exact, _input_sets, _SeededOps, _signature
-
     start = time.perf_counter()
     if not isinstance(reference, nn.Module):
         raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
     path = Path(onnx_path)
     onnx_file = read_onnx(path)
-    proto = onnx_file.proto
-    session = open_session(onnx_file)
-    if random_ops_of(proto):
+    if random_ops_of(onnx_file.proto):
         raise HookwrapError(
             f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
             f"deterministic model (compare a copy with its dropout switched off)")
-    sig = _signature(session)
-    del session
-    sets, _, spec = _input_sets(inputs if not isinstance(inputs, list) else inputs[:1], sig, seed=0,
-                                random_inputs=0)
-    arrays = sets[0]
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-    args = tuple(_pytree.tree_unflatten(tensors, spec)) if spec is not None else tuple(tensors)
-
-    watch = _SeededOps()
-    with eval_mode(reference), preserved(reference):
-        order, repeated = _torch_outputs(reference, args, watch.mode)
+    sig = signature(open_session(onnx_file))
+    sets, spec = model_inputs(inputs if not isinstance(inputs, list) else inputs[:1], sig, seed=0, random_inputs=0)
+    arrays = sets.sets[0]
+    ref = ModelReference(reference, spec)
+    watch = SeededOps()
+    with ref.running():
+        order, repeated = _torch_outputs(reference, ref.args(arrays), watch.mode)
     if watch.seen:
         raise HookwrapError(
             f"the reference draws random numbers ({', '.join(sorted(watch.seen))}): bisect compares one run "
             f"of each side, so it needs a deterministic model")
+    bounds, scoped = _boundaries(onnx_file.proto.graph)
+    notes = [] if scoped else [f"{path.name} has no module-scope metadata; export it with the dynamo exporter "
+                               f"(hw.export_onnx's default) to bisect"]
+    wanted, skipped = _match_modules(order, repeated, bounds, scoped, onnx_file.proto)
+    computed = _run_with_outputs(onnx_file, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
+    layers = _compare_layers(wanted, computed, skipped, atol, rtol)
+    return BisectReport(onnx=str(path), atol=float(atol), rtol=float(rtol), layers=layers, skipped=skipped,
+                        notes=notes, seconds=time.perf_counter() - start)
 
-    bounds, scoped = _boundaries(proto.graph)
-    notes: list[str] = []
-    if not scoped:
-        notes.append(f"{path.name} has no module-scope metadata; export it with the dynamo exporter "
-                     f"(hw.export_onnx's default) to bisect")
+
+_Wanted = tuple[str, nn.Module, list[np.ndarray], str]
+
+
+def _match_modules(order: list[tuple[str, nn.Module, list[np.ndarray]]], repeated: set[str],
+                   bounds: dict[str, list[str]], scoped: set[str], proto: Any) -> tuple[list[_Wanted], list[tuple[str, str]]]:
+    """Each module's ONNX output value, or why it is skipped."""
     skipped: list[tuple[str, str]] = []
     shapes = _value_shapes(proto)
-    wanted: list[tuple[str, nn.Module, list[np.ndarray], str]] = []
+    wanted: list[_Wanted] = []
     for module_path, module, leaves in order:
         if not leaves:
             skipped.append((module_path, "returns no tensor"))
@@ -282,18 +289,20 @@ def bisect(
             skipped.append((module_path, "no ONNX node carries its scope: fused into another module or folded away"))
         else:
             values = [o.name for o in proto.graph.output] if module_path == "" else bounds.get(module_path, [])
-            shape = leaves[0].shape
             if len(values) == len(leaves):
-                value = values[0]
+                wanted.append((module_path, module, leaves, values[0]))
+                continue
+            candidates = [v for v in values if v in shapes and _compatible(shapes[v], leaves[0].shape)]
+            if len(candidates) != 1:
+                skipped.append((module_path, f"its output cannot be identified among {len(values)} ONNX values"))
             else:
-                candidates = [v for v in values if v in shapes and _compatible(shapes[v], shape)]
-                if len(candidates) != 1:
-                    skipped.append((module_path, f"its output cannot be identified among {len(values)} ONNX values"))
-                    continue
-                value = candidates[0]
-            wanted.append((module_path, module, leaves, value))
+                wanted.append((module_path, module, leaves, candidates[0]))
+    return wanted, skipped
 
-    computed = _run_with_outputs(onnx_file, sorted({w[3] for w in wanted}), dict(zip(sig.names, arrays)))
+
+def _compare_layers(wanted: list[_Wanted], computed: dict[str, np.ndarray], skipped: list[tuple[str, str]],
+                    atol: float, rtol: float) -> list[LayerError]:
+    """The parity rule, module by module (NaNs and infinities must match too)."""
     layers: list[LayerError] = []
     for module_path, module, leaves, value in wanted:
         ref = leaves[0]
@@ -302,15 +311,12 @@ def bisect(
             skipped.append((module_path, f"shape differs ({None if got is None else list(got.shape)} vs "
                                          f"{list(ref.shape)}): not comparable"))
             continue
-        # The parity rule, value by value (NaNs and infinities must match too).
-        stats = _compare_exact(ref, got.astype(ref.dtype, copy=False), atol, rtol)
+        stats = compare_exact(ref, got.astype(ref.dtype, copy=False), atol, rtol)
         layers.append(LayerError(
-            index=len(layers), path=module_path, module=W.host_base(module).__name__,
-            shape=list(ref.shape), max_abs_diff=stats["max_abs_diff"], mean_abs_diff=stats["mean_abs_diff"],
-            max_rel_diff=stats["max_rel_diff"], passed=bool(stats.get("passed", False)),
-        ))
-    return BisectReport(onnx=str(path), atol=float(atol), rtol=float(rtol), layers=layers, skipped=skipped,
-                        notes=notes, seconds=time.perf_counter() - start)
+            index=len(layers), path=module_path, module=W.host_base(module).__name__, shape=list(ref.shape),
+            max_abs_diff=stats.max_abs_diff or 0.0, mean_abs_diff=stats.mean_abs_diff or 0.0,
+            max_rel_diff=stats.max_rel_diff or 0.0, passed=stats.passed))
+    return layers
 
 
 def _value_shapes(proto: Any) -> dict[str, list[int | None]]:

@@ -28,10 +28,11 @@ The steps, for each hooked call site:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,9 +43,10 @@ from torch.utils import _pytree
 
 from . import _tree
 from . import wrappers as W
-from ._torch import seeded_run
+from ._torch import batch_of_two, quiet, seeded_run, unwrap_hook
 from .errors import InvalidArgumentError
 from .inventory import HookInfo
+from .report import Plan
 
 __all__ = ["Site", "Call", "Outcome", "record", "convert_site"]
 
@@ -81,16 +83,16 @@ class Call:
     side_effect: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    """What capture decided for one site."""
+    """What capture decided for one site: ``CONVERT`` (``wrapper`` stands for the hook),
+    ``STRIP`` (an observer, or a hook with no effect) or ``UNSUPPORTED`` (``fix`` says how)."""
 
-    action: str  # "wrapper", "observer", "noop" or "blocker"
+    plan: Plan
+    detail: str
     wrapper: W.Wrapper | None = None
-    detail: str = ""
     fix: str = ""
     calls: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------
@@ -135,9 +137,7 @@ def _code_names(code: types.CodeType) -> set[str]:
 
 def _reachable(hook: Any) -> list[Any]:
     """Objects whose change would be a side effect of calling ``hook``."""
-    from .inventory import _unwrap
-
-    target = _unwrap(hook)
+    target = unwrap_hook(hook)
     objs: list[Any] = []
     funcs: list[Any] = []
     if isinstance(target, types.MethodType):
@@ -326,36 +326,42 @@ def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call], *, batch_check:
     """None if ``wrapper`` reproduces the hook on every recorded call, else why not."""
     for call in calls:
         for training in (False, True):
-            with _host_mode(site, wrapper, training), torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(_SEED)
-                expected = _run_hook(site, _fresh(call))
-                torch.manual_seed(_SEED)
-                try:
-                    got = _run_wrapper(site, wrapper, _fresh(call))
-                except Exception as exc:
-                    return f"the converted module fails on a recorded call: {type(exc).__name__}: {exc}"
-            diff = _same(got, expected)
+            ran = _both(site, wrapper, functools.partial(_fresh, call), training)
+            if ran is None:
+                return f"the hook itself fails in {'train' if training else 'eval'} mode on a recorded call"
+            if isinstance(ran, str):
+                return f"the converted module fails on a recorded call: {ran}"
+            diff = _same(*ran)
             if diff is not None:
                 mode = "train" if training else "eval"
                 return f"the converted module does not reproduce the hook in {mode} mode ({diff})"
     if batch_check and batch is not None and calls and calls[0].inputs is not None:
         grown = _grow_batch(calls[0].inputs, batch)
         if grown is not None:
-            with _host_mode(site, wrapper, False), torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(_SEED)
-                try:
-                    expected = _run_hook(site, _clone_tree(grown))
-                except Exception:
-                    return None  # the hook itself only works at the recorded batch size
-                torch.manual_seed(_SEED)
-                try:
-                    got = _run_wrapper(site, wrapper, _clone_tree(grown))
-                except Exception as exc:
-                    return f"the captured graph fails at batch size {batch + 1}: {type(exc).__name__}: {exc}"
-            diff = _same(got, expected)
+            ran = _both(site, wrapper, functools.partial(_clone_tree, grown), False)
+            if isinstance(ran, str):
+                return f"the captured graph fails at batch size {batch + 1}: {ran}"
+            diff = _same(*ran) if ran is not None else None  # None: the hook only works at the recorded batch
             if diff is not None:
                 return f"the captured graph does not generalise to batch size {batch + 1} ({diff})"
     return None
+
+
+def _both(site: Site, wrapper: W.Wrapper, inputs: Callable[[], Any], training: bool) -> tuple[Any, Any] | str | None:
+    """``(wrapper's result, hook's result)`` on fresh copies of the inputs under the same
+    seed; a string if the wrapper fails, None if the hook itself fails on these inputs."""
+    with _host_mode(site, wrapper, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(_SEED)
+        try:
+            expected = _run_hook(site, inputs())
+        except Exception:
+            return None
+        torch.manual_seed(_SEED)
+        try:
+            got = _run_wrapper(site, wrapper, inputs())
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+    return got, expected
 
 
 def _grow_batch(inputs: tuple, batch: int) -> tuple | None:
@@ -391,9 +397,6 @@ class _Trace(TorchFunctionMode):
 
 class _NoMatch(Exception):
     pass
-
-
-_REQUIRED = object()
 
 
 def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -546,9 +549,12 @@ def _primary(site: Site, inputs: tuple) -> Tensor:
 def _trace_chain(site: Site, call: Call, training: bool) -> list[tuple[str, dict, bool | None]]:
     inputs = _fresh(call)
     start = _primary(site, inputs)
-    with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
-        with _Trace() as trace:
-            result = _run_hook(site, inputs)
+    try:
+        with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+            with _Trace() as trace:
+                result = _run_hook(site, inputs)
+    except Exception:  # the hook itself fails in this mode: not a pattern we can name
+        raise _NoMatch from None
     items, end = _chain(trace.calls, start)
     # The result must be the primary tensor transformed, everything else passed through.
     if site.position == "post":
@@ -613,24 +619,32 @@ def _build_items(items: list[tuple[str, dict, bool]]) -> W.Wrapper:
     return built[0] if len(built) == 1 else W.Chain(built)
 
 
-def _recognise(site: Site, call: Call) -> W.Wrapper | None | str:
-    """A plain wrapper, ``"noop"``, or ``None`` when the body is not a known pattern."""
+@dataclass(frozen=True)
+class _Recognition:
+    """What pattern recognition found: a plain ``wrapper``, ``no_effect`` (a chain of
+    operations that does nothing, such as dropout with ``training=False``), or neither;
+    ``note`` reports a failure of the recogniser itself."""
+
+    wrapper: W.Wrapper | None = None
+    no_effect: bool = False
+    note: str = ""
+
+
+def _recognise(site: Site, call: Call) -> _Recognition:
     try:
         train = _trace_chain(site, call, True)
         eval_ = _trace_chain(site, call, False)
+        merged = _merge_modes(train, eval_)
+        if merged is None:
+            return _Recognition()
+        if not merged:
+            return _Recognition(no_effect=True)
+        return _Recognition(wrapper=_build_items(merged))
     except _NoMatch:
-        return None
-    except Exception:
-        return None
-    merged = _merge_modes(train, eval_)
-    if merged is None:
-        return None
-    if not merged:
-        return "noop"
-    try:
-        return _build_items(merged)
-    except Exception:
-        return None
+        return _Recognition()
+    except Exception as exc:  # a bug in a recogniser: say so in the report, then capture the hook
+        return _Recognition(note=f" (the pattern recogniser failed with {type(exc).__name__}: {exc}, so it was "
+                                 f"captured instead)")
 
 
 def _mode_dependent(site: Site, call: Call) -> bool:
@@ -767,6 +781,43 @@ def _zero_fill_empties(graph: Any) -> None:
             node.target = _ZERO_FILLED[node.target]
 
 
+def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str], list[Tensor]]:
+    """The exported graph's inputs: the user tensors it reads (an unread one is passed
+    along instead, and ``template`` says so), the host module's tensors it reads, and its
+    constants. Anything else (a parameter that is not the host's, a mutation) is refused."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user, host, consts = [], [], []
+    const_values: list[Tensor] = []
+    host_names: list[str] = []
+    tensor_slots = iter([i for i, v in enumerate(template) if v == W.TENSOR])
+    for node, spec in zip(placeholders, sig.input_specs):
+        if spec.kind == InputKind.USER_INPUT:
+            slot = next(tensor_slots)
+            if node.users:
+                user.append(node)
+            else:
+                template[slot] = W.OPAQUE
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            if node.users:
+                if not spec.target.startswith("host."):
+                    raise _CaptureError(f"it reads {spec.target}, which is not a tensor of its module")
+                host.append(node)
+                host_names.append(spec.target[len("host."):])
+        elif spec.kind == InputKind.CONSTANT_TENSOR:
+            if node.users:
+                consts.append(node)
+                const_values.append(ep.constants[spec.target].detach().clone())
+        elif node.users:
+            raise _CaptureError(f"it uses a {spec.kind.name.lower()} input, which a captured graph cannot carry")
+    for spec in sig.output_specs:
+        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
+            raise _CaptureError(f"it modifies {spec.target} of its module in place (a side effect)")
+    return user, host, consts, host_names, const_values
+
+
 def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
     """Export the hook's body on the recorded call into a CapturedHook.
 
@@ -776,7 +827,7 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
     are passed along the same way. With ``bake_plain``, plain values are fixed in the graph
     and checked at run time."""
     from torch.export import Dim, export
-    from torch.export.graph_signature import InputKind, OutputKind
+    from torch.export.graph_signature import OutputKind
 
     from ._graph import GraphFormatError, encode
 
@@ -790,15 +841,11 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
     except _tree.TreeError as exc:
         raise _CaptureError(f"its inputs or results cannot be stored: {exc}") from None
     template = _leaf_template(leaves, bake_plain=bake_plain)
-    tensors = [v for v in leaves if isinstance(v, Tensor)]
-    # torch.export specialises size-1 dimensions: capture with a batch of at least 2.
-    example = [torch.cat([t, t]) if t.dim() >= 1 and t.shape[0] == 1 else t for t in tensors]
+    example = batch_of_two([v for v in leaves if isinstance(v, Tensor)])
     dynamic = [{0: Dim.AUTO} if t.dim() >= 1 else None for t in example]
     callee = _Callee(site, in_spec, template)
-    from .export import quiet_torch
-
     try:
-        with _host_mode(site, None, False), quiet_torch():
+        with _host_mode(site, None, False), quiet():
             ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
             if any(_is_mutating(n.target) for n in ep.graph.nodes if n.op == "call_function"):
                 ep = ep.run_decompositions({})  # functional ops only: no write to any tensor
@@ -813,40 +860,10 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
         raise _CaptureError(_explain_export_error(exc)) from None
     _zero_fill_empties(ep.graph)
 
-    sig = ep.graph_signature
-    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
-    user, host, consts = [], [], []
-    const_values: list[Tensor] = []
-    host_names: list[str] = []
-    tensor_slots = iter([i for i, v in enumerate(template) if v == W.TENSOR])
-    for node, spec in zip(placeholders, sig.input_specs):
-        if spec.kind == InputKind.USER_INPUT:
-            slot = next(tensor_slots)
-            if node.users:
-                user.append(node)
-            else:  # a tensor the graph never uses is passed along, like other inputs it ignores
-                template[slot] = W.OPAQUE
-        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
-            if node.users:
-                target = spec.target
-                if not target.startswith("host."):
-                    raise _CaptureError(f"it reads {target}, which is not a tensor of its module")
-                host.append(node)
-                host_names.append(target[len("host."):])
-        elif spec.kind == InputKind.CONSTANT_TENSOR:
-            if node.users:
-                consts.append(node)
-                value = ep.constants[spec.target]
-                const_values.append(value.detach().clone())
-        elif node.users:
-            raise _CaptureError(f"it uses a {spec.kind.name.lower()} input, which a captured graph cannot carry")
-    for spec in sig.output_specs:
-        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
-            raise _CaptureError(f"it modifies {spec.target} of its module in place (a side effect)")
+    user, host, consts, host_names, const_values = _graph_inputs(ep, template)
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
-    user_outputs = [
-        value for value, spec in zip(output_node.args[0], sig.output_specs) if spec.kind == OutputKind.USER_OUTPUT
-    ]
+    user_outputs = [value for value, spec in zip(output_node.args[0], ep.graph_signature.output_specs)
+                    if spec.kind == OutputKind.USER_OUTPUT]
     out_template = _out_template(out_leaves, leaves, template)
     try:
         graph_json = encode(ep.graph, user + host + consts, user_outputs)
@@ -881,42 +898,30 @@ _FIX_REWRITE = (
 
 
 def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> Outcome:
-    """Decide what a forward hook becomes: a wrapper, an observer (stripped), a no-op
-    (stripped) or a blocker."""
+    """Decide what a forward hook becomes: a wrapper (``CONVERT``), nothing (``STRIP``: an
+    observer, or a hook with no effect) or a blocker (``UNSUPPORTED``)."""
     if calls is None:
-        return Outcome("blocker", detail="it needs example inputs to be captured, and none were given.",
+        return Outcome(Plan.UNSUPPORTED, "it needs example inputs to be captured, and none were given.",
                        fix="pass example_inputs to hw.convert (a tuple, like torch.onnx.export takes)")
     if not calls:
-        return Outcome("blocker", detail="it never ran while example_inputs went through the model, so there is nothing to capture.",
+        return Outcome(Plan.UNSUPPORTED, "it never ran while example_inputs went through the model, so there is "
+                                         "nothing to capture.",
                        fix="pass example_inputs that reach this module, or use a hookwrap hook / converter")
     n = len(calls)
-    changed_tensors = any(not c.returned_none or c.mutated for c in calls)
-    side = next((c.side_effect for c in calls if c.side_effect), None)
-    if not changed_tensors:
-        why = "observer: returned None and changed no tensor"
-        if side:
-            why += f"; it {side}, which a saved or exported model cannot keep"
-        return Outcome("observer", detail=why, calls=n)
-    if side:
-        return Outcome("blocker", detail=f"it changes outputs and also {side}; a module cannot reproduce that side effect.",
-                       fix=_FIX_REWRITE, calls=n)
-    bad_mut = sorted({m for c in calls for m in c.mutated if m != "output"})
-    if bad_mut:
-        return Outcome("blocker", detail=f"it modifies its {', '.join(bad_mut)} in place, which other code may still use.",
-                       fix="return new tensors instead of modifying inputs in place", calls=n)
+    first_look = _classify_calls(calls)
+    if first_look is not None:
+        return first_look
     recorded = [c for c in calls if c.inputs is not None]
     first = recorded[0]
-    recognised = _recognise(site, first)
-    if recognised == "noop":
-        if _validate_noop(site, recorded):
-            return Outcome("noop", detail="has no effect on outputs in train or eval mode", calls=n)
-        recognised = None
-    if isinstance(recognised, W.Wrapper):
-        problem = _validate(site, recognised, recorded, batch_check=False, batch=batch)
-        if problem is None:
-            return Outcome("wrapper", wrapper=recognised, detail=f"recognised as {_describe(recognised)}", calls=n)
+    recognition = _recognise(site, first)
+    if recognition.no_effect and _validate_noop(site, recorded):
+        return Outcome(Plan.STRIP, "has no effect on outputs in train or eval mode", calls=n)
+    if recognition.wrapper is not None and _validate(site, recognition.wrapper, recorded, batch_check=False,
+                                                    batch=batch) is None:
+        return Outcome(Plan.CONVERT, f"recognised as {_describe(recognition.wrapper)}", recognition.wrapper, calls=n)
     if _mode_dependent(site, first):
-        return Outcome("blocker", detail="it runs different operations in train and eval mode; a captured graph holds one of them.",
+        return Outcome(Plan.UNSUPPORTED, "it runs different operations in train and eval mode; a captured graph "
+                                         "holds one of them.",
                        fix="make the hook independent of module.training, or use hw.hooks.Dropout*/GaussianNoise", calls=n)
     problem = ""
     for bake_plain in (False, True):  # first with every non-tensor input passed along unread
@@ -929,9 +934,32 @@ def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> 
         if not problem:
             break
     if problem:
-        return Outcome("blocker", detail=f"{problem}.", fix=_FIX_REWRITE, calls=n)
+        return Outcome(Plan.UNSUPPORTED, f"{problem}.", fix=_FIX_REWRITE, calls=n)
     ops = len(captured.config()["graph"]["nodes"])
-    return Outcome("wrapper", wrapper=captured, detail=f"captured with torch.export as CapturedHook ({ops} ops)", calls=n)
+    return Outcome(Plan.CONVERT, f"captured with torch.export as CapturedHook ({ops} ops){recognition.note}",
+                   captured, calls=n)
+
+
+def _classify_calls(calls: list[Call]) -> Outcome | None:
+    """The decisions that the recorded calls alone settle: observers, and hooks with side
+    effects a module cannot reproduce."""
+    n = len(calls)
+    changed_tensors = any(not c.returned_none or c.mutated for c in calls)
+    side = next((c.side_effect for c in calls if c.side_effect), None)
+    if not changed_tensors:
+        why = "observer: returned None and changed no tensor"
+        if side:
+            why += f"; it {side}, which a saved or exported model cannot keep"
+        return Outcome(Plan.STRIP, why, calls=n)
+    if side:
+        return Outcome(Plan.UNSUPPORTED, f"it changes outputs and also {side}; a module cannot reproduce that side "
+                                         f"effect.", fix=_FIX_REWRITE, calls=n)
+    bad_mut = sorted({m for c in calls for m in c.mutated if m != "output"})
+    if bad_mut:
+        return Outcome(Plan.UNSUPPORTED, f"it modifies its {', '.join(bad_mut)} in place, which other code may "
+                                         f"still use.", fix="return new tensors instead of modifying inputs in place",
+                       calls=n)
+    return None
 
 
 def _validate_noop(site: Site, calls: list[Call]) -> bool:

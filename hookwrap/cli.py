@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from ._version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -67,17 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check that an ONNX file computes what the hooked model computes")
     p.add_argument("onnx", metavar="M.onnx")
-    p.add_argument("--reference", required=True, metavar="SPEC", help="the original, hooked model")
-    p.add_argument("--weights", help="a .safetensors file loaded into the reference (plain state dict)")
-    p.add_argument("--inputs", help="an .npz of inputs (keys: ONNX input names)")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-3)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference", metavar="SPEC", help="the original, hooked model")
+    source.add_argument("--golden", metavar="G.npz", help="a golden file from hookwrap record (needs no torch)")
+    p.add_argument("--weights", help="with --reference: a .safetensors file whose tensors a copy of it gets")
+    p.add_argument("--inputs", help="with --reference: an .npz of inputs (keys: ONNX input names)")
+    p.add_argument("--atol", type=float, help="default 1e-4, or the golden file's")
+    p.add_argument("--rtol", type=float, help="default 1e-3, or the golden file's")
     p.add_argument("--samples", type=int, help="draws per side for stochastic models (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here")
-    p.add_argument("--bisect", action="store_true", help="on failure, name the first diverging module")
+    p.add_argument("--bisect", action="store_true", help="with --reference: on failure, name the first diverging module")
     p.add_argument("--plot", metavar="PNG", help="with --bisect: draw the error per layer")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (such as a check that cannot fail)")
+
+    p = sub.add_parser("record", help="record the hooked model's outputs into a golden .npz, for a gate without torch")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, help="the golden .npz file to write")
+    p.add_argument("--inputs", help="an .npz of inputs (default: the factory's example and 3 random sets)")
+    p.add_argument("--samples", type=int, help="draws per input for stochastic models (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--atol", type=float, default=1e-4, help="the tolerance checks of this file use")
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("verify", help="check a .safetensors file's tensors against their recorded digests")
     p.add_argument("file", metavar="FILE.safetensors")
@@ -205,9 +218,11 @@ def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, quiet: bo
 
 
 def _show_report(console: Any, report: Any) -> None:
-    console.print(_table(f"parity ({report.mode})", report.rows(), fail_column=2))
+    console.print(_table(f"parity ({report.mode}, {report.reference} reference)", report.rows(), fail_column=2))
     for note in report.notes:
         console.print(f"note: {note}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning: {warning}[/yellow]")
     style = "bold green" if report else "bold red"
     console.print(f"[{style}]{report.summary()}[/{style}]")
 
@@ -220,8 +235,8 @@ def _show_report(console: Any, report: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import hookwrap as hw
 
-    model, _ = load_spec(args.spec)
-    inv = hw.inventory(model)
+    model, example = load_spec(args.spec)
+    inv = hw.inventory(model, example)
     if args.json:
         print(inv.to_json())
         return EXIT_OK
@@ -248,7 +263,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     console = _console()
     model, example = load_spec(args.spec)
     _output_folder(args.output)
-    found = None if args.json else hw.inventory(model)  # before convert, which clears global hooks
     with _status(console, "converting hooks", args.json):
         converted = hw.convert(model, example)
     with _status(console, f"saving {output}", args.json):
@@ -258,10 +272,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(json.dumps({"output": str(output), "bytes": output.stat().st_size,
                           "report": report.to_dict() if report else None}, indent=2))
         return EXIT_OK
-    assert found is not None
-    console.print(_table(f"{len(found)} hook(s) found", found.rows()) if len(found) else "no hooks found")
     if report and len(report):
-        console.print(_table("conversion report", report.rows()))
+        console.print(_table(report.summary(), report.rows()))
+    else:
+        console.print("no hooks: nothing to convert")
     console.print(_files_table([output]))
     return EXIT_OK
 
@@ -305,24 +319,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 if parity holds (and, with --strict, no warning), 1 if not, 2 for bad input."""
     import hookwrap as hw
 
     console = _console()
-    if not Path(args.onnx).is_file():
-        raise UsageError(f"ONNX file {args.onnx!r} does not exist")
+    if args.golden and (args.weights or args.inputs or args.bisect):
+        raise UsageError("--weights, --inputs and --bisect need --reference: a golden file holds its own inputs")
     if args.plot and not args.bisect:
         raise UsageError("--plot needs --bisect")
-    model, example = load_spec(args.reference)
+    model, inputs = _check_subject(args)
     for path in (args.json, args.junit, args.plot):
         if path:
             _output_folder(path)
-    inputs: Any = args.inputs if args.inputs else example
-    report = _parity(console, model, args.onnx, inputs, False, atol=args.atol, rtol=args.rtol,
-                     samples=args.samples, seed=args.seed, weights=args.weights)
+    tolerances = {k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None}
+    report = _parity(console, model, args.onnx, inputs, False, samples=args.samples, seed=args.seed,
+                     weights=args.weights, **tolerances)
     if args.bisect and not report:
         try:
             with _status(console, "bisecting: comparing every module's output", False):
-                report.bisect = hw.bisect(model, args.onnx, inputs, atol=args.atol, rtol=args.rtol)
+                report.bisect = hw.bisect(model, args.onnx, inputs, atol=report.atol, rtol=report.rtol)
         except hw.HookwrapError as exc:
             report.notes.append(f"bisect not run: {_one_line(exc)}")
         if args.plot and report.bisect is not None:
@@ -338,7 +353,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in (args.json, args.junit, args.plot):
         if path and Path(path).exists():
             console.print(f"wrote {path}")
+    if args.strict and report.warnings:
+        console.print(f"[bold red]--strict: {len(report.warnings)} warning(s) make this check fail[/bold red]")
+        return EXIT_FAILED
     return EXIT_OK if report else EXIT_FAILED
+
+
+def _check_subject(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The reference (a model, or the golden file's path) and the inputs of ``check``."""
+    if args.golden:
+        return args.golden, None
+    model, example = load_spec(args.reference)
+    return model, args.inputs if args.inputs else example
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    import hookwrap as hw
+
+    if not args.output.endswith(".npz"):
+        raise UsageError(f"--output must end with .npz, got {args.output!r}")
+    console = _console()
+    model, example = load_spec(args.spec)
+    inputs = args.inputs or _need_example(example, args.spec, "record without --inputs")
+    _output_folder(args.output)
+    with _status(console, "recording the reference", args.json):
+        meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, atol=args.atol,
+                         rtol=args.rtol)
+    size = Path(args.output).stat().st_size
+    summary = {k: meta[k] for k in ("stochastic", "sets", "inputs", "outputs", "samples", "atol", "rtol")}
+    if args.json:
+        print(json.dumps({"output": args.output, "bytes": size, **summary, "warnings": meta["warnings"]}, indent=2))
+        return EXIT_OK
+    console.print(_table(f"recorded {args.output}", [["", ""]] + [[k, str(v)] for k, v in summary.items()]))
+    for warning in meta["warnings"]:
+        console.print(f"warning: {warning}")
+    console.print(_files_table([Path(args.output)]))
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -361,7 +411,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "convert": cmd_convert, "export": cmd_export, "check": cmd_check,
-            "verify": cmd_verify}
+            "record": cmd_record, "verify": cmd_verify}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,10 +8,7 @@ expected and what was found, and give the fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .parity import ParityReport
+from typing import Any
 
 __all__ = [
     "HookwrapError",
@@ -82,8 +79,9 @@ class ExportError(HookwrapError):
 
 
 class ParityError(HookwrapError):
-    """Raised by ``assert_parity``; ``report`` holds the full :class:`ParityReport`."""
+    """Raised by ``assert_parity``; ``report`` holds the full ``ParityReport`` (anything with
+    a ``summary()``: this module imports nothing from hookwrap)."""
 
-    def __init__(self, report: ParityReport | Any) -> None:
+    def __init__(self, report: Any) -> None:
         self.report = report
         super().__init__(report.summary())

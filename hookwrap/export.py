@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import re
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree
 
-from ._fs import commit, fsync_dir, private_folder
+from ._fs import commit, file_errors, fsync_dir, private_folder, write_json
 from ._onnx import RANDOM_OPS, all_nodes, random_ops_of
-from ._torch import eval_mode
+from ._torch import batch_of_two, eval_mode, quiet
 from ._txn import deepcopy_model
 from .convert import check_example_inputs, convert, convert_in_place
 from .errors import Blocker, ExportError, HookwrapError, InvalidArgumentError, UnconvertibleHookError
@@ -57,6 +55,15 @@ class ExportResult:
     def stochastic(self) -> bool:
         return bool(self.random_ops)
 
+    def summary(self) -> str:
+        how = "converted model" if self.converted else ("hooked model (hooks inline)" if self.inline_hooks else "model")
+        return (f"exported the {how} to {self.path.name} with the {self.exporter} exporter: opset {self.opset}, "
+                f"{self.nodes} nodes, random ops {self.random_ops or 'none'}, {self.seconds:.1f} s")
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """The result as JSON; also written to ``path`` if given."""
+        return write_json(self.to_dict(), path, indent)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path), "exporter": self.exporter, "opset": self.opset,
@@ -67,11 +74,12 @@ class ExportResult:
             "dynamic_batch": self.dynamic_batch, "converted": self.converted, "seconds": round(self.seconds, 3),
             "inline_hooks": [{"path": b.path, "kind": b.kind, "name": b.name, "reason": b.reason}
                              for b in self.inline_hooks],
-            "notes": list(self.notes),
+            "notes": list(self.notes), "summary": self.summary(),
         }
 
 
-def _forward_names(model: nn.Module, n: int) -> list[str]:
+def forward_input_names(model: nn.Module, n: int) -> list[str]:
+    """Names for ``n`` flattened positional inputs, from ``forward``'s parameters."""
     try:
         params = [p for p in inspect.signature(model.forward).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -90,12 +98,8 @@ def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
             _pytree.tree_map(lambda v: {0: batch} if isinstance(v, Tensor) and v.dim() >= 1 else None, arg)
             for arg in example
         )
-        # torch.export specialises dimensions of size 1: trace a batch of 2 instead.
-        example = _pytree.tree_map(
-            lambda v: torch.cat([v, v]) if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == 1 else v,
-            example,
-        )
-    with quiet_torch():
+        example = batch_of_two(example)
+    with quiet():
         program = torch.onnx.export(
             model, example, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
             verbose=False, optimize=True,
@@ -128,7 +132,7 @@ def _structure(program: Any) -> Any:
 def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch: bool,
                    opset: int | None) -> tuple[Any, list[str]]:
     leaves = [v for v in _pytree.tree_leaves(example) if isinstance(v, Tensor)]
-    names = _forward_names(model, len(leaves))
+    names = forward_input_names(model, len(leaves))
     with torch.no_grad():
         probe = model(*example)
     n_out = len([v for v in _pytree.tree_leaves(probe) if isinstance(v, Tensor)])
@@ -137,7 +141,7 @@ def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
     if dynamic_batch:
         axes = {name: {0: "batch"} for name, t in zip(names, leaves) if t.dim() >= 1}
         axes.update({name: {0: "batch"} for name in out_names})
-    with quiet_torch():
+    with quiet():
         torch.onnx.export(
             model, example, str(tmp), dynamo=False, opset_version=opset or 17, input_names=names,
             output_names=out_names, dynamic_axes=axes, do_constant_folding=True,
@@ -147,23 +151,6 @@ def _legacy_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
     proto = onnx.load(str(tmp), load_external_data=False)
     weights = {i.name for i in proto.graph.initializer}
     return proto, [i.name for i in proto.graph.input if i.name not in weights]
-
-
-@contextlib.contextmanager
-def quiet_torch() -> Iterator[None]:
-    """torch.export logs whole tracebacks at ERROR level and prints graphs to stderr
-    before raising; the exception hookwrap raises says what went wrong, once."""
-    import logging
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), \
-                contextlib.redirect_stdout(devnull), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -253,8 +240,9 @@ def export_onnx(
     target = Path(path)
     if target.suffix != ".onnx":
         raise InvalidArgumentError(f"path must end with .onnx, got {str(target)!r}")
-    if not target.parent.exists():
-        raise InvalidArgumentError(f"folder {str(target.parent)!r} does not exist")
+    with file_errors(target, "write there"):
+        if not target.parent.is_dir():
+            raise InvalidArgumentError(f"folder {str(target.parent)!r} does not exist")
     start = time.perf_counter()
     hooks = forward_hooks(model)
     converted = bool(hooks)

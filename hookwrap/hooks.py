@@ -27,17 +27,7 @@ from .errors import HookwrapError, InvalidArgumentError
 
 __all__ = [
     "Hook",
-    "Dropout",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-    "AlphaDropout",
-    "FeatureAlphaDropout",
-    "Scale",
-    "Shift",
-    "Clamp",
-    "Activation",
-    "GaussianNoise",
+    *W.HOOKABLE,
     "attach",
     "HookHandle",
     "Where",
@@ -109,11 +99,6 @@ GaussianNoise = _hook_type(
 )
 
 
-def _is_wrapper_part(path: str) -> bool:
-    parts = path.split(".")
-    return "hookwrap_pre" in parts or "hookwrap_post" in parts
-
-
 def select_modules(model: nn.Module, where: Where, *, what: str = "where") -> list[tuple[str, nn.Module]]:
     """The ``(path, module)`` pairs of ``model`` that ``where`` selects.
 
@@ -128,7 +113,7 @@ def select_modules(model: nn.Module, where: Where, *, what: str = "where") -> li
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"expected an nn.Module, got {type(model).__name__}")
     named: list[tuple[str, nn.Module]] = [
-        (p, m) for p, m in model.named_modules(remove_duplicate=False) if not _is_wrapper_part(p)
+        (p, m) for p, m in model.named_modules(remove_duplicate=False) if not W.in_wrapper(p)
     ]
     if isinstance(where, type) or (isinstance(where, tuple) and where and all(isinstance(t, type) for t in where)):
         chosen = [(p, m) for p, m in named if isinstance(m, where)]
@@ -210,8 +195,8 @@ def attach(
     model: nn.Module,
     hook: Callable[..., Any],
     where: Where,
-    position: Literal["pre", "post"] = "post",
     *,
+    position: Literal["pre", "post"] = "post",
     prepend: bool = False,
 ) -> HookHandle:
     """Register ``hook`` on every module of ``model`` that ``where`` selects.

@@ -8,14 +8,13 @@ what kind it is, where it comes from, whether it pickles and what ``convert`` wi
 
 from __future__ import annotations
 
-import functools
 import io
-import json
+import os
 import pickle
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,17 +28,21 @@ from torch.nn.utils.spectral_norm import (
 from torch.nn.utils.weight_norm import WeightNorm
 
 from . import hooks as _hooks
+from ._fs import write_json
+from ._torch import unwrap_hook
 from .errors import InvalidArgumentError
 from .registry import find_converter
+from .report import ItemList, Plan
 
 __all__ = [
     "HookInfo",
     "Inventory",
-    "inventory",
+    "list_hooks",
     "KINDS",
     "FORWARD_KINDS",
     "ORIGINS",
     "PLANS",
+    "static_plan",
     "origin_of",
     "name_of",
     "forward_hooks",
@@ -53,7 +56,7 @@ KINDS = (
 FORWARD_KINDS = frozenset({"forward_pre", "forward", "global_forward_pre", "global_forward"})
 GRAD_KINDS = frozenset({"backward_pre", "backward", "global_backward_pre", "global_backward", "tensor"})
 ORIGINS = ("hookwrap", "prune", "weight_norm", "spectral_norm", "quantization", "user")
-PLANS = ("convert", "bake", "strip", "keep", "unsupported")
+PLANS = tuple(p.value for p in Plan)
 GLOBAL_PATH = "<global>"
 
 # (kind, attribute on nn.Module) in the order PyTorch uses them around a call.
@@ -101,7 +104,7 @@ class HookInfo:
     always_call: bool
     origin: str
     picklable: bool
-    plan: str
+    plan: Plan
     reason: str
     hook: Any = field(repr=False, compare=False)
     owner: Any = field(default=None, repr=False, compare=False)
@@ -111,7 +114,7 @@ class HookInfo:
         return {
             "path": self.path, "kind": self.kind, "name": self.name, "hook_id": self.hook_id,
             "with_kwargs": self.with_kwargs, "always_call": self.always_call,
-            "origin": self.origin, "picklable": self.picklable, "plan": self.plan,
+            "origin": self.origin, "picklable": self.picklable, "plan": str(self.plan),
             "reason": self.reason,
         }
 
@@ -127,27 +130,15 @@ class HookInfo:
         return getattr(self.owner, self.dict_name)
 
 
-class Inventory(Sequence[HookInfo]):
+class Inventory(ItemList[HookInfo]):
     """A sequence of :class:`HookInfo`; prints as a table, serializes with ``to_json``."""
 
-    def __init__(self, items: list[HookInfo], model_name: str = "") -> None:
-        self._items = list(items)
+    def __init__(self, items: Sequence[HookInfo], model_name: str = "") -> None:
+        super().__init__(items)
         self.model_name = model_name
 
-    @overload
-    def __getitem__(self, index: int) -> HookInfo: ...
-    @overload
-    def __getitem__(self, index: slice) -> Inventory: ...
-    def __getitem__(self, index: int | slice) -> HookInfo | Inventory:
-        if isinstance(index, slice):
-            return Inventory(self._items[index], self.model_name)
-        return self._items[index]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[HookInfo]:
-        return iter(self._items)
+    def _new(self, items: list[HookInfo]) -> Inventory:
+        return Inventory(items, self.model_name)
 
     def where(self, *, kind: str | None = None, plan: str | None = None, origin: str | None = None,
               path: str | None = None) -> Inventory:
@@ -159,29 +150,28 @@ class Inventory(Sequence[HookInfo]):
         ]
         return Inventory(items, self.model_name)
 
-    def summary(self) -> dict[str, dict[str, int]]:
+    def counts(self) -> dict[str, dict[str, int]]:
         return {
             "by_kind": dict(Counter(h.kind for h in self._items)),
-            "by_plan": dict(Counter(h.plan for h in self._items)),
+            "by_plan": dict(Counter(str(h.plan) for h in self._items)),
             "by_origin": dict(Counter(h.origin for h in self._items)),
         }
+
+    def summary(self) -> str:
+        plans = ", ".join(f"{n} {k}" for k, n in sorted(self.counts()["by_plan"].items()))
+        return f"{len(self._items)} hook(s) on {self.model_name or 'the model'}" + (f": {plans}" if plans else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
             "count": len(self._items),
             "hooks": [h.to_dict() for h in self._items],
-            **self.summary(),
+            **self.counts(),
         }
 
-    def to_json(self, path: str | None = None, *, indent: int = 2) -> str:
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
         """The inventory as JSON; also written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            from ._fs import atomic_write_text
-
-            atomic_write_text(path, text + "\n")
-        return text
+        return write_json(self.to_dict(), path, indent)
 
     def rows(self) -> list[list[str]]:
         """Table rows (strings) with the header first; used by ``str()`` and the CLI."""
@@ -212,20 +202,9 @@ class Inventory(Sequence[HookInfo]):
         return f"Inventory({len(self._items)} hooks)"
 
 
-def _unwrap(hook: Any) -> Any:
-    for _ in range(8):
-        if isinstance(hook, _module_mod._WrappedHook):
-            hook = hook.hook
-        elif isinstance(hook, functools.partial):
-            hook = hook.func
-        else:
-            break
-    return hook
-
-
 def name_of(hook: Any) -> str:
     """The hook's qualified name: ``DropoutHook.hook``, ``main.<locals>.<lambda>``, ``L1Unstructured``."""
-    target = _unwrap(hook)
+    target = unwrap_hook(hook)
     qual = getattr(target, "__qualname__", None)
     if isinstance(qual, str) and not isinstance(target, type):
         return qual
@@ -235,7 +214,7 @@ def name_of(hook: Any) -> str:
 def origin_of(hook: Any) -> str:
     """Where a hook comes from: hookwrap, prune, weight_norm, spectral_norm, quantization,
     another known library (by package name), ``torch`` for other PyTorch internals, or user."""
-    target = _unwrap(hook)
+    target = unwrap_hook(hook)
     owner = getattr(target, "__self__", None)
     for obj in (target, owner):
         if isinstance(obj, _hooks.Hook):
@@ -298,31 +277,45 @@ def _picklable(hook: Any, cache: dict[tuple[int, int], bool]) -> bool:
     return result
 
 
-def _plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[str, str]:
+CAPTURE_REASON = "captured from example_inputs (hw.inventory(model, example_inputs) tells the outcome)"
+
+
+GLOBAL_REASON = ("global hook: it belongs to the process, not to the model, and stays registered; "
+                 "convert(..., global_hooks='convert') turns it into wrappers and removes it from the process")
+
+
+def static_plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[Plan, str]:
+    """What convert does with a hook, as far as it is known without running the model
+    (rules in order, first match wins). A hook that must be captured gets ``CONVERT`` with
+    :data:`CAPTURE_REASON`; running ``example_inputs`` decides the rest (``hookwrap.plan``)."""
+    if kind.startswith("global"):
+        return Plan.KEEP, GLOBAL_REASON
     if kind in GRAD_KINDS:
-        return "strip", "gradient hook: does not change forward outputs"
+        return Plan.STRIP, "gradient hook: does not change forward outputs"
     if kind in FORWARD_KINDS:
-        if isinstance(owner, torch.jit.ScriptModule):
-            return "unsupported", "hook on a TorchScript module, whose forward cannot be wrapped"
-        if origin == "hookwrap":
-            target = _unwrap(hook)
-            target = getattr(target, "__self__", target)
-            return "convert", f"hookwrap hook -> wrapper {target!r}"
-        conv = find_converter(_unwrap(hook))
-        if conv is not None:
-            return "convert", f"registered converter for {conv.label} -> {conv.wrapper.__name__}"
-        if origin == "prune":
-            return "bake", "pruning mask: made permanent with torch.nn.utils.prune.remove"
-        if origin == "weight_norm":
-            return "bake", "weight_norm: made permanent with torch.nn.utils.remove_weight_norm"
-        if origin == "spectral_norm":
-            return "bake", "spectral_norm: made permanent with torch.nn.utils.remove_spectral_norm"
-        if origin == "quantization":
-            return "strip", "quantization observer: removed"
-        return "convert", "captured from example_inputs with torch.export (stripped if it only observes)"
+        return _forward_plan(kind, origin, hook, owner)
     if origin == "spectral_norm":
-        return "bake", "part of spectral_norm: removed with remove_spectral_norm"
-    return "keep", "state-dict hook: not on the forward path, left in place by convert"
+        return Plan.BAKE, "part of spectral_norm: removed with remove_spectral_norm"
+    return Plan.KEEP, "state-dict hook: not on the forward path, left in place by convert"
+
+
+def _forward_plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[Plan, str]:
+    if isinstance(owner, torch.jit.ScriptModule):
+        return Plan.UNSUPPORTED, "hook on a TorchScript module, whose forward cannot be wrapped"
+    target = unwrap_hook(hook)
+    if origin == "hookwrap":
+        return Plan.CONVERT, f"hookwrap hook -> {getattr(target, '__self__', target)!r}"
+    conv = find_converter(target)
+    if conv is not None:
+        return Plan.CONVERT, f"registered converter for {conv.label} -> {conv.wrapper.__name__}"
+    baked = {"prune": "pruning mask: made permanent with torch.nn.utils.prune.remove",
+             "weight_norm": "weight_norm: made permanent with torch.nn.utils.remove_weight_norm",
+             "spectral_norm": "spectral_norm: made permanent with torch.nn.utils.remove_spectral_norm"}
+    if origin in baked:
+        return Plan.BAKE, baked[origin]
+    if origin == "quantization":
+        return Plan.STRIP, "quantization observer: removed"
+    return Plan.CONVERT, CAPTURE_REASON
 
 
 def _flags(kind: str, hook_id: int, owner: Any) -> tuple[bool, bool]:
@@ -344,11 +337,13 @@ def forward_hooks(model: nn.Module) -> list[HookInfo]:
         m._forward_hooks or m._forward_pre_hooks for m in model.modules()
     ):
         return []
-    return [h for h in inventory(model) if h.kind in FORWARD_KINDS]
+    return [h for h in list_hooks(model) if h.kind in FORWARD_KINDS]
 
 
-def inventory(model: nn.Module, *, include_global: bool = True) -> Inventory:
-    """Every hook on ``model``, its submodules, its parameters and buffers, and globally.
+def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:
+    """Every hook on ``model``, its submodules, its parameters and buffers, and globally,
+    with the plan known without running the model (``hw.inventory`` adds the outcome of
+    running example inputs).
 
     Args:
         model: the model to inspect; it is not changed.
@@ -368,14 +363,14 @@ def inventory(model: nn.Module, *, include_global: bool = True) -> Inventory:
         >>> [h.path for h in inv.where(kind="forward")]
     """
     if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(f"inventory needs an nn.Module, got {type(model).__name__}")
+        raise InvalidArgumentError(f"list_hooks needs an nn.Module, got {type(model).__name__}")
     cache: dict[tuple[int, int], bool] = {}
     items: list[HookInfo] = []
 
     def add(path: str, kind: str, hook_id: int, hook: Any, owner: Any, dict_name: str) -> None:
         origin = origin_of(hook)
         with_kwargs, always = _flags(kind, hook_id, owner)
-        plan, reason = _plan(kind, origin, hook, owner)
+        plan, reason = static_plan(kind, origin, hook, owner)
         items.append(HookInfo(
             path=path, kind=kind, name=name_of(hook), hook_id=hook_id, with_kwargs=with_kwargs,
             always_call=always, origin=origin, picklable=_picklable(hook, cache), plan=plan,

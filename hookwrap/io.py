@@ -60,13 +60,12 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from . import __version__
 from . import wrappers as W
 from ._fs import atomic_path, fd_path, file_errors, open_regular
 from ._txn import transaction
+from ._version import __version__
 from .errors import HookwrapError, InvalidArgumentError, ManifestError
-from .inventory import forward_hooks
-from .registry import wrapper_type
+from .inventory import GLOBAL_PATH, forward_hooks
 from .report import Action, ConversionReport, attach_report, conversion_report
 
 __all__ = ["save", "load", "load_weights", "read_manifest", "verify", "VerifyResult", "manifest_digest",
@@ -527,7 +526,7 @@ def _wrapper_entries(model: nn.Module) -> dict[str, Any]:
                 where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}"
                 if not isinstance(wrapper, W.Wrapper):
                     raise HookwrapError(f"{where}: {type(wrapper).__name__} is not a hookwrap wrapper module")
-                if wrapper_type(wrapper.kind) is not type(wrapper):
+                if W.wrapper_type(wrapper.kind) is not type(wrapper):
                     raise HookwrapError(
                         f"{where}: wrapper type {type(wrapper).__qualname__} (kind {wrapper.kind!r}) is not "
                         f"registered, so it could not be loaded again; register it with hw.register_converter")
@@ -576,9 +575,11 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
     live = forward_hooks(model)
     if live:
         where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
+        fix = ("global hooks belong to the process: hw.convert(model, example_inputs, global_hooks='convert') "
+               "makes them part of the model, or remove them" if all(h.path == GLOBAL_PATH for h in live)
+               else "call hw.convert(model, example_inputs) first and save its result")
         raise HookwrapError(
-            f"{type(model).__name__} still has {len(live)} forward hook(s) ({where}), which cannot be saved; "
-            f"call hw.convert(model, example_inputs) first and save its result")
+            f"{type(model).__name__} still has {len(live)} forward hook(s) ({where}), which cannot be saved; {fix}")
     wrappers = _wrapper_entries(model)
     state, aliases = _dedupe(model.state_dict())
     bad = [k for k in state if k.startswith(RESERVED_PREFIX)]
@@ -743,7 +744,7 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
         base: an ``nn.Module`` (changed in place) or a factory returning one.
         strict: refuse missing and unexpected keys (shape and dtype must always match).
             With ``strict=False`` the tensors the file lacks keep the base's values, and
-            ``hookwrap.io.missing_keys(model)`` lists them.
+            ``hw.conversion_report(model).missing_keys`` lists them.
         verify: also check every tensor's bytes against its recorded digest.
 
     Returns:
@@ -790,33 +791,22 @@ def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool)
         if verify:
             _verify_tensors(header, tensors, header.manifest["_digests"])  # type: ignore[index]
         _copy_tensors(model, tensors, getattr(state, "_metadata", None))
-        if header.manifest is not None:
-            attach_report(model, header.manifest["_actions"])
-        model.__dict__[MISSING_ATTR] = tuple(missing)
+        actions = header.manifest["_actions"] if header.manifest is not None else []
+        if actions or missing:
+            attach_report(model, actions, missing_keys=missing)
     return model
 
 
-MISSING_ATTR = "hookwrap_missing_keys"
-
-
-def missing_keys(model: nn.Module) -> tuple[str, ...]:
-    """The ``state_dict`` keys that the last ``load(..., strict=False)`` into ``model`` did
-    not find in the file (those tensors kept the base's values)."""
-    return tuple(model.__dict__.get(MISSING_ATTR, ()))
-
-
-def _wrapper_owned(key: str) -> bool:
-    parts = key.split(".")
-    return W.PRE in parts or W.POST in parts
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
+                 assign: bool = False) -> nn.Module:
     """Load a file's tensors into ``model`` as a plain state dict, hooks left as they are.
 
     This is how a parity reference (the original, hooked model) gets the weights of a
     saved conversion: conversion keeps ``state_dict`` keys, so they match. Tensors owned
     by wrappers (``*.hookwrap_pre.*``, ``*.hookwrap_post.*``) are ignored and the
-    manifest's wrappers are never applied.
+    manifest's wrappers are never applied. With ``assign=True`` the model's parameters
+    and buffers are replaced by the loaded tensors instead of written into (tied ones stay
+    tied), so a copy that shares its tensors with another model leaves that model alone.
 
     Raises:
         ManifestError: the file is broken or its keys, shapes or dtypes do not fit;
@@ -825,12 +815,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     """
     with _opened(path) as header:
         plain = _Header(header.path, header.handle,
-                        {k: v for k, v in header.tensors.items() if not _wrapper_owned(k)},
+                        {k: v for k, v in header.tensors.items() if not W.in_wrapper(k)},
                         header.metadata, header.manifest)
         state = model.state_dict()
         _check_keys(header.name, plain, state, strict)
         tensors = _read_tensors(header, set(plain.tensors))
-        _copy_tensors(model, tensors, getattr(state, "_metadata", None))
+        if assign:  # keys the file stores once for a tied group get the same tensor
+            for group in _shared_groups(state):
+                source = next((k for k in sorted(group) if k in tensors), None)
+                for key in group:
+                    if source is not None and key not in tensors:
+                        tensors[key] = tensors[source]
+        _copy_tensors(model, tensors, getattr(state, "_metadata", None), assign=assign)
     return model
 
 
@@ -847,12 +843,13 @@ def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k in keys}
 
 
-def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: Any) -> None:
-    """Copy ``tensors`` into ``model``. ``metadata`` is the ``_metadata`` of
-    ``model.state_dict()`` (state-dict versions)."""
+def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: Any, *,
+                  assign: bool = False) -> None:
+    """Copy ``tensors`` into ``model`` (or, with ``assign``, put them in place of its own).
+    ``metadata`` is the ``_metadata`` of ``model.state_dict()`` (state-dict versions)."""
     state: OrderedDict[str, torch.Tensor] = OrderedDict(tensors)
     # Modules with a versioned state dict (torchvision's MNASNet, BatchNorm) read their
     # version from the state dict's metadata; the file's tensors are in this code's format.
     state._metadata = metadata  # type: ignore[attr-defined]
     with torch.no_grad():
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=False, assign=assign)

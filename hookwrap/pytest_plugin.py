@@ -7,6 +7,9 @@ Installed with hookwrap (entry point ``pytest11``), it provides the fixture
         model, example = build_model()                 # the original, hooked model
         hookwrap_parity(model, "model.onnx", example)  # fails the test if parity fails
 
+    def test_onnx_matches_the_golden_file(hookwrap_parity):   # in an image without torch
+        hookwrap_parity("golden.npz", "model.onnx")           # written by hookwrap record
+
 The fixture returns the :class:`~hookwrap.ParityReport`. Its figures are attached to
 the test with ``record_property``, so ``pytest --junitxml=report.xml`` carries them
 (``hookwrap.passed``, ``hookwrap.mode``, and per check ``hookwrap.input<i>.<output>.max_abs_diff``
@@ -53,7 +56,7 @@ def hookwrap_parity(record_property: Callable[[str, object], None]) -> Callable[
         if json is not None:
             report.to_json(json)
         if not report:
-            lines = [report.summary(), *report.notes]
+            lines = [report.summary(), *report.notes, *(f"warning: {w}" for w in report.warnings)]
             lines += ["  ".join(row) for row in report.rows()]
             pytest.fail("\n".join(lines), pytrace=False)
         return report

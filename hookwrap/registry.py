@@ -1,13 +1,8 @@
-"""Registries of wrapper types and user converters.
+"""User converters: functions that turn a user's hook object into a wrapper module, tried
+after hookwrap's own hook objects and before PyTorch utilities and capture.
 
-Two lookups live here:
-
-* wrapper types by name: the only types a manifest may name. hookwrap's own wrappers
-  are registered when :mod:`hookwrap.wrappers` is imported; users add theirs with
-  :func:`register_converter`. A name that is not registered is refused; nothing is ever
-  imported because a file names it.
-* converters: functions that turn a user's hook object into a wrapper module, tried after
-  hookwrap's own hook objects and before PyTorch utilities and capture.
+Registering a converter also registers its wrapper type (in :mod:`hookwrap.wrappers`,
+whose registry is the only place a manifest's type names are looked up).
 """
 
 from __future__ import annotations
@@ -15,20 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
+from . import wrappers as W
 from .errors import InvalidArgumentError
 
-if TYPE_CHECKING:
-    from .wrappers import Wrapper
-
-__all__ = ["register_converter", "ConverterHandle", "find_converter", "wrapper_type", "register_wrapper"]
+__all__ = ["register_converter", "ConverterHandle", "find_converter"]
 
 _lock = threading.Lock()
-_WRAPPERS: dict[str, type[Wrapper]] = {}
-_BUILTIN: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -42,52 +33,6 @@ class _Converter:
 _CONVERTERS: list[_Converter] = []
 
 
-def register_wrapper(cls: type[Wrapper], *, builtin: bool = False) -> type[Wrapper]:
-    """Make ``cls`` loadable from a manifest under ``cls.kind``.
-
-    Args:
-        cls: a subclass of :class:`hookwrap.wrappers.Wrapper` with a unique ``kind``.
-        builtin: used by hookwrap for its own wrappers.
-
-    Returns:
-        ``cls``, so this works as a class decorator.
-
-    Raises:
-        InvalidArgumentError: ``cls`` is not a Wrapper, or its ``kind`` is taken by
-            another type.
-    """
-    from .wrappers import Wrapper
-
-    if not (isinstance(cls, type) and issubclass(cls, Wrapper)):
-        raise InvalidArgumentError(
-            f"wrapper must be a subclass of hookwrap.wrappers.Wrapper, got {cls!r}"
-        )
-    kind = getattr(cls, "kind", None)
-    if not isinstance(kind, str) or not kind:
-        raise InvalidArgumentError(
-            f"wrapper type {cls.__qualname__} needs a class attribute `kind` (a non-empty str)"
-        )
-    with _lock:
-        existing = _WRAPPERS.get(kind)
-        if existing is not None and existing is not cls:
-            raise InvalidArgumentError(
-                f"wrapper kind {kind!r} is already registered by {existing.__qualname__}; "
-                f"give {cls.__qualname__} another `kind`"
-            )
-        _WRAPPERS[kind] = cls
-        if builtin:
-            _BUILTIN.add(kind)
-    return cls
-
-
-def wrapper_type(kind: str) -> type[Wrapper] | None:
-    """The registered wrapper type called ``kind``, or ``None``. Never imports anything."""
-    from . import wrappers  # noqa: F401  (registers the built-in wrappers)
-
-    with _lock:
-        return _WRAPPERS.get(kind)
-
-
 class ConverterHandle:
     """Returned by :func:`register_converter`; ``remove()`` unregisters (idempotent)."""
 
@@ -98,10 +43,9 @@ class ConverterHandle:
         with _lock:
             if self._converter in _CONVERTERS:
                 _CONVERTERS.remove(self._converter)
-            kind = self._converter.wrapper.kind  # type: ignore[attr-defined]
             still_used = any(c.wrapper is self._converter.wrapper for c in _CONVERTERS)
-            if not still_used and kind not in _BUILTIN and _WRAPPERS.get(kind) is self._converter.wrapper:
-                del _WRAPPERS[kind]
+        if not still_used:
+            W.unregister_wrapper(self._converter.wrapper)
 
     def __enter__(self) -> ConverterHandle:
         return self
@@ -114,7 +58,7 @@ def register_converter(
     match: type | Callable[[Any], bool],
     build: Callable[[Any, nn.Module], nn.Module],
     *,
-    wrapper: type[Wrapper],
+    wrapper: type[W.Wrapper],
 ) -> ConverterHandle:
     """Teach ``convert`` (and ``load``) about a hook type of your own.
 
@@ -156,7 +100,7 @@ def register_converter(
         raise InvalidArgumentError(f"match must be a class or a predicate, got {match!r}")
     if not callable(build):
         raise InvalidArgumentError(f"build must be callable (hook, module) -> Wrapper, got {build!r}")
-    register_wrapper(wrapper)
+    W.register_wrapper(wrapper)
     conv = _Converter(predicate, build, wrapper, label)
     with _lock:
         _CONVERTERS.append(conv)

@@ -7,18 +7,42 @@ module (attribute ``hookwrap_report``), :func:`conversion_report` reads it back,
 
 from __future__ import annotations
 
-import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, overload
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from torch import nn
 
-__all__ = ["Action", "ConversionReport", "conversion_report", "REPORT_ATTR"]
+from ._fs import write_json
+
+__all__ = ["Plan", "Action", "ConversionReport", "conversion_report", "REPORT_ATTR", "ItemList"]
 
 REPORT_ATTR = "hookwrap_report"
 ActionName = Literal["converted", "baked", "stripped", "kept"]
+
+
+class Plan(str, Enum):
+    """What ``convert`` does with a hook: the one classification that the inventory, the
+    conversion plan and the report share. ``done`` is the past tense the report uses."""
+
+    CONVERT = "convert"          # becomes a wrapper module
+    BAKE = "bake"                # a weight transform made permanent
+    STRIP = "strip"              # removed: it does not change what the model computes
+    KEEP = "keep"                # left in place: not on the forward path, or not the model's
+    UNSUPPORTED = "unsupported"  # blocks conversion
+
+    @property
+    def done(self) -> str:
+        return {"convert": "converted", "bake": "baked", "strip": "stripped", "keep": "kept",
+                "unsupported": "blocked"}[self.value]
+
+    def __str__(self) -> str:
+        return self.value
+
+
 
 
 @dataclass(frozen=True)
@@ -43,26 +67,45 @@ class Action:
         return asdict(self)
 
 
-class ConversionReport(Sequence[Action]):
-    """A sequence of :class:`Action`, one per hook, in inventory order."""
+T = TypeVar("T")
 
-    def __init__(self, actions: list[Action]) -> None:
-        self.actions = list(actions)
+
+class ItemList(Sequence[T], Generic[T]):
+    """An immutable sequence of report items; a slice is the same kind of list."""
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self._items = list(items)
+
+    def _new(self, items: list[T]) -> ItemList[T]:
+        return type(self)(items)
 
     @overload
-    def __getitem__(self, index: int) -> Action: ...
+    def __getitem__(self, index: int) -> T: ...
     @overload
-    def __getitem__(self, index: slice) -> ConversionReport: ...
-    def __getitem__(self, index: int | slice) -> Action | ConversionReport:
+    def __getitem__(self, index: slice) -> ItemList[T]: ...
+    def __getitem__(self, index: int | slice) -> T | ItemList[T]:
         if isinstance(index, slice):
-            return ConversionReport(self.actions[index])
-        return self.actions[index]
+            return self._new(self._items[index])
+        return self._items[index]
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return len(self._items)
 
-    def __iter__(self) -> Iterator[Action]:
-        return iter(self.actions)
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+
+class ConversionReport(ItemList[Action]):
+    """A sequence of :class:`Action`, one per hook, in inventory order."""
+
+    def __init__(self, actions: Sequence[Action], *, missing_keys: Sequence[str] = ()) -> None:
+        super().__init__(actions)
+        # what hw.load(..., strict=False) did not find in the file (the base kept those tensors)
+        self.missing_keys = tuple(missing_keys)
+
+    @property
+    def actions(self) -> list[Action]:
+        return self._items
 
     def __add__(self, other: ConversionReport) -> ConversionReport:
         return ConversionReport(self.actions + list(other))
@@ -74,10 +117,17 @@ class ConversionReport(Sequence[Action]):
         return dict(Counter(a.action for a in self.actions))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts(), "actions": [a.to_dict() for a in self.actions]}
+        return {"counts": self.counts(), "actions": [a.to_dict() for a in self.actions],
+                "missing_keys": list(self.missing_keys)}
 
-    def to_json(self, *, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """The report as JSON; also written to ``path`` if given."""
+        return write_json(self.to_dict(), path, indent)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items())) or "nothing to do"
+        missing = f"; {len(self.missing_keys)} key(s) missing from the file" if self.missing_keys else ""
+        return f"conversion report: {counts}{missing}"
 
     def rows(self) -> list[list[str]]:
         rows = [["path", "kind", "hook", "action", "detail"]]
@@ -86,8 +136,7 @@ class ConversionReport(Sequence[Action]):
         return rows
 
     def __str__(self) -> str:
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items())) or "nothing to do"
-        lines = [f"conversion report: {counts}"]
+        lines = [self.summary()]
         for a in self.actions:
             lines.append(f"  {a.path or '<root>'} [{a.kind}] {a.name}: {a.action} {a.detail}")
         return "\n".join(lines)
@@ -107,8 +156,8 @@ def conversion_report(model: nn.Module) -> ConversionReport | None:
     return report if isinstance(report, ConversionReport) else None
 
 
-def attach_report(model: nn.Module, actions: list[Action]) -> ConversionReport:
+def attach_report(model: nn.Module, actions: list[Action], *, missing_keys: Sequence[str] = ()) -> ConversionReport:
     previous = conversion_report(model)
-    report = ConversionReport((list(previous) if previous else []) + actions)
+    report = ConversionReport((list(previous) if previous else []) + actions, missing_keys=missing_keys)
     model.__dict__[REPORT_ATTR] = report
     return report

@@ -13,7 +13,7 @@ from torch.nn.utils import prune, remove_spectral_norm, remove_weight_norm
 from ._txn import deepcopy_model, transaction
 from .errors import HookwrapError, InvalidArgumentError
 from .hooks import Where, select_modules
-from .inventory import GLOBAL_PATH, KINDS, HookInfo, Inventory, inventory
+from .inventory import GLOBAL_PATH, KINDS, HookInfo, Inventory, list_hooks
 from .report import Action, attach_report
 
 __all__ = ["strip", "stripped", "without_hooks", "bake_hook", "remove_hook", "BAKE_ORIGINS"]
@@ -95,7 +95,7 @@ def select_hooks(model: nn.Module, *, where: Where | None, kinds: Iterable[str] 
     A tensor hook belongs to the module that owns the tensor.
     """
     kind_set = _check_kinds(kinds)
-    inv = inventory(model)
+    inv = list_hooks(model)
     module_ids: set[int] | None = None
     if where is not None:
         module_ids = {id(m) for _, m in select_modules(model, where)}

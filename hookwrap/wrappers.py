@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -26,25 +27,23 @@ from torch import Tensor, nn
 
 from . import _tree
 from .errors import HookwrapError, InvalidArgumentError
-from .registry import register_wrapper, wrapper_type
+
+# The wrappers that hookwrap.hooks offers as hook objects too, under the same names.
+HOOKABLE = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Scale",
+            "Shift", "Clamp", "Activation", "GaussianNoise")
 
 __all__ = [
     "Wrapper",
-    "Dropout",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-    "AlphaDropout",
-    "FeatureAlphaDropout",
-    "Scale",
-    "Shift",
-    "Clamp",
-    "Activation",
-    "GaussianNoise",
+    *HOOKABLE,
     "Chain",
+    "HOOKABLE",
     "ACTIVATIONS",
     "map_primary",
     "build_wrapper",
+    "register_wrapper",
+    "unregister_wrapper",
+    "wrapper_type",
+    "in_wrapper",
 ]
 
 
@@ -132,6 +131,62 @@ class Wrapper(nn.Module):
         if isinstance(output, Tensor):  # the common case, kept short: it runs on every call
             return self(output)
         return map_primary(output, self)
+
+
+# --------------------------------------------------------------------------------------
+# The registry of wrapper types: the only types a manifest may name. hookwrap's own
+# wrappers register below; users add theirs with hw.register_converter. A name that is
+# not registered is refused; nothing is ever imported because a file names it.
+# --------------------------------------------------------------------------------------
+
+_registry_lock = threading.Lock()
+_WRAPPERS: dict[str, type[Wrapper]] = {}
+_BUILTIN: set[str] = set()
+
+
+def register_wrapper(cls: type[Wrapper], *, builtin: bool = False) -> type[Wrapper]:
+    """Make ``cls`` loadable from a manifest under ``cls.kind``.
+
+    Args:
+        cls: a subclass of :class:`Wrapper` with a unique ``kind``.
+        builtin: used by hookwrap for its own wrappers (they are never unregistered).
+
+    Returns:
+        ``cls``, so this works as a class decorator.
+
+    Raises:
+        InvalidArgumentError: ``cls`` is not a Wrapper, or its ``kind`` is taken by
+            another type.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Wrapper)):
+        raise InvalidArgumentError(f"wrapper must be a subclass of hookwrap.wrappers.Wrapper, got {cls!r}")
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind:
+        raise InvalidArgumentError(f"wrapper type {cls.__qualname__} needs a class attribute `kind` (a non-empty str)")
+    with _registry_lock:
+        existing = _WRAPPERS.get(kind)
+        if existing is not None and existing is not cls:
+            raise InvalidArgumentError(
+                f"wrapper kind {kind!r} is already registered by {existing.__qualname__}; "
+                f"give {cls.__qualname__} another `kind`")
+        _WRAPPERS[kind] = cls
+        if builtin:
+            _BUILTIN.add(kind)
+    return cls
+
+
+def unregister_wrapper(cls: type[Wrapper]) -> None:
+    """Forget a user wrapper type (hookwrap's own stay registered)."""
+    with _registry_lock:
+        kind = getattr(cls, "kind", "")
+        if kind not in _BUILTIN and _WRAPPERS.get(kind) is cls:
+            del _WRAPPERS[kind]
+
+
+def wrapper_type(kind: str) -> type[Wrapper] | None:
+    """The registered wrapper type called ``kind``, or ``None``. Never imports anything."""
+    with _registry_lock:
+        return _WRAPPERS.get(kind)
 
 
 def _builtin(cls: type[Wrapper]) -> type[Wrapper]:
@@ -828,8 +883,6 @@ def host_class(base: type[nn.Module]) -> type[nn.Module]:
     ``forward`` runs ``hookwrap_pre`` wrappers, then ``base.forward``, then
     ``hookwrap_post`` wrappers. It keeps ``forward``'s signature and pickles by
     reference to ``base``."""
-    if getattr(base, "_hookwrap_base", None) is base:  # pragma: no cover - defensive
-        return base
     if "_hookwrap_base" in base.__dict__:
         return base
     cached = _HOST_CLASSES.get(base)
@@ -877,6 +930,12 @@ def host_class(base: type[nn.Module]) -> type[nn.Module]:
     cls.__qualname__ = cls.__name__
     _HOST_CLASSES[base] = cls
     return cls
+
+
+def in_wrapper(path: str) -> bool:
+    """True for a module path or state_dict key inside a host's wrapper lists."""
+    parts = path.split(".")
+    return PRE in parts or POST in parts
 
 
 def host_base(module: nn.Module) -> type:

@@ -107,7 +107,7 @@ def test_parity_failure_exits_1(workspace):
 def test_statistical_check_shows_progress_and_passes(workspace):
     run(["export", "factories.py:stochastic", "-o", "s.onnx"], workspace)
     proc = run(["check", "s.onnx", "--reference", "factories.py:stochastic", "--samples", "16"], workspace)
-    assert "parity (statistical)" in proc.stdout and "parity PASSED" in proc.stdout
+    assert "parity (statistical, model reference)" in proc.stdout and "parity PASSED" in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -118,10 +118,10 @@ def test_statistical_check_shows_progress_and_passes(workspace):
     (["inspect", "missing.py:build"], "file 'missing.py' does not exist"),
     (["export", "factories.py:no_example", "-o", "x.onnx"], "export needs example inputs"),
     (["convert", "factories.py:build", "-o", "m.pt"], "--output must end with .safetensors"),
-    (["check", "nothere.onnx", "--reference", "factories.py:build"], "ONNX file 'nothere.onnx' does not exist"),
+    (["check", "nothere.onnx", "--reference", "factories.py:build"], "'nothere.onnx': cannot open the ONNX file: No such file"),
     (["check", "m.onnx", "--reference", "factories.py:build", "--inputs", "bad.npz"], "inputs file"),
     (["check", "m.onnx", "--reference", "factories.py:build", "--weights", "wrong.safetensors"], "wrong.safetensors"),
-    (["check", "m.onnx"], "the following arguments are required: --reference"),
+    (["check", "m.onnx"], "one of the arguments --reference --golden is required"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_input_exits_2_with_one_line(workspace, args, message):

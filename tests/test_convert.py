@@ -160,7 +160,10 @@ def test_hook_order_prepend_global_always_call_and_reuse():
     x = torch.randn(3, 4)
     with torch.no_grad():
         expected = model(x)
-    converted = hw.convert(model, (x,))
+    with pytest.raises(hw.UnconvertibleHookError, match="global_hooks='convert'"):
+        hw.convert(model, (x,))  # kept global hooks would now run outside the module's converted hooks
+    assert len(module_mod._global_forward_hooks) == 1 and len(module_mod._global_forward_pre_hooks) == 1
+    converted = hw.convert(model, (x,), global_hooks="convert")
     assert not module_mod._global_forward_hooks and not module_mod._global_forward_pre_hooks
     pre, post = W.host_wrappers(converted[0])
     assert [w.config() for w in pre] == [{"factor": -1.0}, {"divisor": 2.0}]
@@ -380,3 +383,28 @@ def test_root_hooks_convert_and_export_to_onnx(tmp_path):
         expected = model(x3).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x3.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_global_hooks_belong_to_the_process_and_are_kept_unless_asked(tmp_path):
+    """convert on a copy leaves global hooks registered and reports them; it turns them
+    into wrappers (and removes them from the process) only with global_hooks='convert'."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+    handle = module_mod.register_module_forward_hook(lambda m, a, o: o * 2.0 if isinstance(m, nn.Linear) else None)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = model(x)
+    kept = hw.convert(model, (x,))
+    assert len(module_mod._global_forward_hooks) == 1  # still registered: the process owns it
+    action = next(a for a in hw.conversion_report(kept) if a.kind == "global_forward")
+    assert action.action == "kept" and "belongs to the process" in action.detail
+    assert not W.is_host(kept[0])
+    with torch.no_grad():
+        assert torch.equal(kept(x), expected)  # the live global hook still runs on it
+    with pytest.raises(hw.HookwrapError, match="global"):
+        hw.save(kept, tmp_path / "m.safetensors")  # the file could not carry the global hook
+    converted = hw.convert(model, (x,), global_hooks="convert")
+    assert not module_mod._global_forward_hooks
+    assert [w.config() for w in W.host_wrappers(converted[0])[1]] == [{"factor": 2.0}]
+    handle.remove()
+    with torch.no_grad():
+        assert torch.equal(converted(x), expected)

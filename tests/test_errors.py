@@ -39,7 +39,7 @@ def test_public_names_are_explicit_and_resolve():
     # the function, not the submodule, even after the submodule was imported
     import hookwrap.inventory  # noqa: F401
 
-    assert callable(hw.inventory) and hw.inventory.__module__ == "hookwrap.inventory"
+    assert callable(hw.inventory) and hw.inventory.__module__ == "hookwrap.plan"
 
 
 def test_import_and_version_do_not_import_torch():

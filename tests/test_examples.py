@@ -53,3 +53,47 @@ def test_prune_and_export_shows_the_gain(tmp_path):
 def test_custom_converter_example(tmp_path):
     out = run_example("custom_converter.py", tmp_path)
     assert "TemperatureScale(t=1.5)" in out and "reloaded model matches the hooked one: True" in out
+
+
+def test_the_ci_examples_gate_without_torch(tmp_path):
+    """examples/ci: both CI files record in the training image and gate with the same command,
+    in an image whose requirements hold no torch; that command runs with torch unimportable."""
+    import shlex
+    import textwrap
+
+    import torch
+    import yaml
+
+    import hookwrap as hw
+
+    folder = ROOT / "examples" / "ci"
+    requirements = (folder / "requirements-gate.txt").read_text().lower()
+    assert "onnxruntime" in requirements and "torch" not in requirements.replace("no torch", "")
+    github = yaml.safe_load((folder / "github-actions.yml").read_text())
+    gitlab = yaml.safe_load((folder / "gitlab-ci.yml").read_text())
+    gh_gate = [s["run"] for s in github["jobs"]["gate"]["steps"] if "hookwrap check" in s.get("run", "")]
+    gl_gate = [c for c in gitlab["gate"]["script"] if "hookwrap check" in c]
+    assert gh_gate == gl_gate and len(gh_gate) == 1 and "--golden" in gh_gate[0]
+    assert any("hookwrap record" in s.get("run", "") for s in github["jobs"]["record"]["steps"])
+    from helpers import small_cnn
+
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: o * 2.0)
+    x = torch.randn(2, 3, 10, 10)
+    hw.export_onnx(model, (x,), tmp_path / "model.onnx")
+    hw.record(model, (x,), tmp_path / "golden.npz")
+    argv = shlex.split(gh_gate[0])[1:]
+    blocked = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'torchvision'):
+                    raise ImportError(name)
+        sys.meta_path.insert(0, Block())
+        from hookwrap.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", blocked, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "parity.xml").exists() and (tmp_path / "parity.json").exists()

@@ -274,3 +274,29 @@ def test_inventory_does_not_change_the_model():
     hw.inventory(model)
     assert hook_table(model) == table
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_inventory_with_example_inputs_says_what_convert_will_do():
+    """One classification: with example inputs, the inventory's plan and reason are the
+    decisions convert then carries out (and the model is left as it was)."""
+    from helpers import DropoutHook, small_cnn
+
+    from hookwrap.inventory import CAPTURE_REASON
+
+    model = small_cnn()
+    seed = DropoutHook(0.2)
+    model.apply(seed.register_hook)  # the seed article: F.dropout2d(out, p, True, False) on the convs
+    model[5].register_forward_hook(lambda m, a, o: None)  # an observer
+    x = torch.randn(2, 3, 10, 10)
+    assert {h.reason for h in hw.inventory(model).where(kind="forward")} == {CAPTURE_REASON}
+    table = hook_table(model)
+    planned = hw.inventory(model, (x,))
+    assert hook_table(model) == table
+    assert [(h.path, str(h.plan), h.reason) for h in planned.where(kind="forward")] == [
+        ("0", "convert", "recognised as Dropout2d(p=0.2, always=True)"),
+        ("2", "convert", "recognised as Dropout2d(p=0.2, always=True)"),
+        ("5", "strip", "observer: returned None and changed no tensor"),
+    ]
+    report = hw.conversion_report(hw.convert(model, (x,)))
+    assert [(a.path, a.action, a.detail) for a in report] == [
+        (h.path, h.plan.done, h.reason) for h in planned]

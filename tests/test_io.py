@@ -452,3 +452,19 @@ def test_versioned_state_dicts_load(tmp_path):
     save_model(build("mnasnet0_5", seed=1), str(tmp_path / "plain.safetensors"))
     plain = hw.load(tmp_path / "plain.safetensors", base=lambda: build("mnasnet0_5", seed=4))
     assert state_equal(plain.state_dict(), build("mnasnet0_5", seed=1).state_dict())
+
+
+def test_a_non_strict_load_reports_the_keys_it_did_not_find(tmp_path):
+    good = hooked_small(tmp_path)
+
+    def drop(tensors, manifest):
+        del tensors["2.bias"]
+        del manifest["tensors"]["2.bias"]
+
+    missing = rewrite(good, tmp_path / "missing.safetensors", tensors_fn=drop)
+    base = small_cnn(seed=4)
+    kept = base[2].bias.clone()
+    loaded = hw.load(missing, base=base, strict=False)
+    assert hw.conversion_report(loaded).missing_keys == ("2.bias",)
+    assert torch.equal(loaded[2].bias, kept)  # the base kept its own tensor
+    assert hw.conversion_report(hw.load(good, base=small_cnn())).missing_keys == ()

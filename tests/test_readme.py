@@ -41,7 +41,7 @@ def test_readme_names_the_two_commands_and_the_cli():
     from hookwrap.cli import build_parser
 
     parser = build_parser()
-    for command in ("inspect", "convert", "export", "check"):
+    for command in ("inspect", "convert", "export", "check", "record", "verify"):
         assert f"hookwrap {command} " in usage
         sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
         flags = {o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"}

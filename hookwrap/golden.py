@@ -1,0 +1,203 @@
+"""Golden files: a reference recorded once, so that the parity gate needs no torch.
+
+:func:`record` runs the original model (hooks and all) in the training image and writes
+one ``.npz``: the input sets, the reference outputs (or, for a stochastic model, the
+draws the statistical test needs), and a JSON entry. ``check_parity(golden_path, onnx)``
+then replays them against onnxruntime with numpy only, and gives the verdict, report,
+JSON and JUnit that the model itself would have given (the draws use the same seeds).
+
+Layout (``format_version`` 1; every entry reads with ``numpy.load(allow_pickle=False)``)::
+
+    __hookwrap_golden__      uint8 array: UTF-8 JSON {"format": "hookwrap-golden",
+                             "format_version": 1, "hookwrap_version", "torch_version",
+                             "stochastic": bool, "samples": k, "anchor": n, "seed": int,
+                             "atol": float, "rtol": float, "sets": N, "inputs": M,
+                             "outputs": P, "sources": [str], "input_names": [str],
+                             "inventory": {...hw.inventory(model).to_dict()...}}
+    input/<i>/<j>            input j of set i
+    output/<i>/<j>           output j of set i (deterministic models)
+    draw/<i>/<j>             k reference draws of output j for set i (stochastic models)
+    anchor/<i>/<j>           n further draws, used only for the centre of the statistics
+
+Reading is the loader's kind: a regular file only, sizes checked before reading, no
+pickle, every entry and the JSON checked against each other; anything else is a
+``ManifestError`` naming the entry. numpy only at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import parity_inputs as PI
+from ._version import __version__
+from .errors import HookwrapError, InvalidArgumentError, ManifestError
+
+__all__ = ["record", "GoldenSide", "GOLDEN_FORMAT", "GOLDEN_VERSION", "META_KEY"]
+
+GOLDEN_FORMAT = "hookwrap-golden"
+GOLDEN_VERSION = 1
+META_KEY = "__hookwrap_golden__"
+MAX_META = 64 << 20
+
+
+def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: int | None = None, seed: int = 0,
+           random_inputs: int = 3, atol: float = 1e-4, rtol: float = 1e-3) -> dict[str, Any]:
+    """Record ``model``'s outputs (or draws) on its inputs into a golden ``.npz``, atomically.
+
+    Args:
+        model: the original eager model, hooks and all (run in eval mode; left as it was).
+        inputs: one tuple (the example: it and ``random_inputs`` random sets drawn like it
+            are recorded), a list of tuples, or an ``.npz`` path, as for ``check_parity``.
+        path: the golden file to write.
+        samples: draws per input for a stochastic model (default 32).
+        seed: seeds the random inputs and the draws, as in ``check_parity``.
+        random_inputs: how many random input sets to add to an example.
+        atol, rtol: the tolerances a check of this file uses by default.
+
+    Returns:
+        The JSON entry written (``stochastic``, ``sets``, ``samples``, ...).
+
+    Raises:
+        InvalidArgumentError: bad arguments.
+        HookwrapError: the model cannot run on the inputs, or the file cannot be written.
+
+    Example:
+        >>> hw.record(hooked_model, (x,), "golden.npz")["stochastic"]
+        False
+    """
+    from .reference import record_arrays  # the torch side, imported only to record
+
+    arrays, meta = record_arrays(model, inputs, samples=samples, seed=seed, random_inputs=random_inputs,
+                                 atol=atol, rtol=rtol)
+    meta = {"format": GOLDEN_FORMAT, "format_version": GOLDEN_VERSION, "hookwrap_version": __version__, **meta}
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    _write(path, arrays)
+    return meta
+
+
+def _write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    from ._fs import atomic_path, file_errors
+
+    target = Path(path)
+    if target.suffix != ".npz":
+        raise InvalidArgumentError(f"a golden file must end with .npz, got {str(target)!r}")
+    with atomic_path(target) as tmp, file_errors(target, "write the golden file"), open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+
+
+@dataclass
+class GoldenSide:
+    """The reference side of ``check_parity`` replayed from a golden file."""
+
+    inputs: PI.InputSets
+    stochastic: bool
+    samples: int | None
+    outputs: list[list[np.ndarray]]
+    draws_: list[list[np.ndarray]]
+    anchors: list[list[np.ndarray]]
+    warnings: list[str] = field(default_factory=list)
+    tolerances: dict[str, float] = field(default_factory=dict)
+    kind: str = "golden"
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], sig: PI.Signature) -> GoldenSide:
+        """Read and check a golden file against the ONNX model's signature.
+
+        Raises:
+            ManifestError: the file is not a golden file, is damaged, or does not fit.
+            HookwrapError: it cannot be opened, or is not a regular file.
+        """
+        from ._npz import read_npz
+
+        name = Path(path).name
+        arrays = read_npz(path, what="golden file", error=ManifestError)
+        meta = _meta(name, arrays)
+        try:
+            return cls._build(name, arrays, meta, sig)
+        except HookwrapError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ManifestError(f"{name}: the golden file is damaged ({type(exc).__name__}: {exc})",
+                                key="golden") from None
+
+    @classmethod
+    def _build(cls, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any], sig: PI.Signature) -> GoldenSide:
+        n_sets, n_in, n_out = meta["sets"], meta["inputs"], meta["outputs"]
+        stochastic = meta["stochastic"]
+        kind = "draw" if stochastic else "output"
+        expected = {f"input/{i}/{j}" for i in range(n_sets) for j in range(n_in)}
+        expected |= {f"{kind}/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
+        if stochastic:
+            expected |= {f"anchor/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
+        present = set(arrays) - {META_KEY}
+        if present != expected:
+            odd = sorted(present ^ expected)[0]
+            raise ManifestError(f"{name}: entry {odd!r} {'is missing' if odd in expected else 'is not expected'}; "
+                                f"the golden file is damaged", key=odd)
+        sets = [tuple(arrays[f"input/{i}/{j}"] for j in range(n_in)) for i in range(n_sets)]
+        for i, s in enumerate(sets):
+            sig.check(s, f"{name}: input set {i}")
+        per_set = [[arrays[f"{kind}/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)]
+        anchors = [[arrays[f"anchor/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)] if stochastic else []
+        tolerances = {k: float(meta[k]) for k in ("atol", "rtol")
+                      if isinstance(meta.get(k), (int, float)) and not isinstance(meta.get(k), bool) and meta[k] >= 0}
+        warnings = [w for w in meta.get("warnings", []) if isinstance(w, str)][:10]
+        return cls(PI.InputSets(sets, list(meta["sources"])), stochastic, meta["samples"] if stochastic else None,
+                   [] if stochastic else per_set, per_set if stochastic else [], anchors, warnings, tolerances)
+
+    def exact(self, index: int) -> list[np.ndarray]:
+        if self.stochastic:
+            return [d[0] for d in self.draws_[index]]
+        return self.outputs[index]
+
+    def draws(self, index: int, k: int, n_anchor: int) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+        """``k`` recorded draws (and the anchor draws); a deterministic recording repeats its
+        one output, as the deterministic model itself would."""
+        if not self.stochastic:
+            outs = self.outputs[index]
+            return [outs] * k, [outs] * n_anchor
+        have = len(self.draws_[index][0]) if self.draws_[index] else 0
+        if k > have:
+            raise InvalidArgumentError(f"the golden file holds {have} draws per input; record it again with "
+                                       f"--samples {k} (or check with samples <= {have})")
+        draws = [[d[s] for d in self.draws_[index]] for s in range(k)]
+        anchor = [[a[s] for a in self.anchors[index]] for s in range(len(self.anchors[index][0]))]
+        return draws, anchor
+
+
+_META_FIELDS = {"format": str, "format_version": int, "stochastic": bool, "sets": int, "inputs": int,
+                "outputs": int, "sources": list, "seed": int}
+
+
+def _meta(name: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    raw = arrays.get(META_KEY)
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_META:
+        raise ManifestError(f"{name}: not a hookwrap golden file (no {META_KEY!r} entry); write one with "
+                            f"hookwrap record", key=META_KEY)
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeError) as exc:
+        raise ManifestError(f"{name}: entry {META_KEY!r} is not valid JSON ({type(exc).__name__})",
+                            key=META_KEY) from None
+    if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
+        raise ManifestError(f"{name}: not a hookwrap golden file", key=META_KEY)
+    if meta.get("format_version") != GOLDEN_VERSION:
+        raise ManifestError(f"{name}: golden format_version {str(meta.get('format_version'))[:20]} is not read by "
+                            f"hookwrap {__version__} (it reads {GOLDEN_VERSION}); record it again", key="format_version")
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ManifestError(f"{name}: golden field {key!r} must be a {kind.__name__}", key=key)
+    if not (0 < meta["sets"] <= 10_000 and 0 < meta["inputs"] <= 1_000 and 0 <= meta["outputs"] <= 1_000):
+        raise ManifestError(f"{name}: golden counts are out of range", key="sets")
+    if len(meta["sources"]) != meta["sets"] or not all(isinstance(s, str) for s in meta["sources"]):
+        raise ManifestError(f"{name}: golden field 'sources' must name each set", key="sources")
+    if meta["stochastic"] and not (isinstance(meta.get("samples"), int) and meta["samples"] >= 4):
+        raise ManifestError(f"{name}: a stochastic golden file needs 'samples' >= 4", key="samples")
+    return meta

@@ -1,0 +1,264 @@
+"""What ``convert`` does with every hook: the one classification of hooks.
+
+Each hook gets a :class:`Decision`: its :class:`~hookwrap.report.Plan` (convert, bake,
+strip, keep, unsupported), the wrapper that stands for it, and why. ``hw.inventory``
+shows these decisions, :func:`hookwrap.convert` carries them out, and the conversion
+report records them. The rules, first match wins:
+
+1. what is known without running the model (:func:`hookwrap.inventory.static_plan`):
+   gradient hooks are stripped, state-dict hooks kept, hookwrap hook objects and
+   registered converters become their wrappers, pruning, ``weight_norm`` and
+   ``spectral_norm`` are baked, quantization observers stripped, global hooks kept (they
+   belong to the process) unless ``global_hooks="convert"``;
+2. every other forward hook is decided by running ``example_inputs``
+   (:mod:`hookwrap.capture`): observers are stripped, known patterns become plain
+   modules, anything else a ``CapturedHook``, or it is unsupported, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from torch import Tensor, nn
+from torch.utils import _pytree
+
+from . import wrappers as W
+from ._torch import unwrap_hook
+from ._txn import preserved
+from .capture import Call, Site, convert_site, record
+from .errors import Blocker, HookwrapError, InvalidArgumentError
+from .hooks import Hook
+from .inventory import FORWARD_KINDS, GLOBAL_PATH, HookInfo, Inventory, list_hooks
+from .registry import find_converter
+from .report import Action, Plan
+
+__all__ = ["Decision", "ConversionPlan", "plan_conversion", "inventory", "check_example_inputs", "RECORD_SEED",
+           "GlobalHooks"]
+
+GlobalHooks = Literal["keep", "convert"]
+RECORD_SEED = 1234  # torch's seed for the recording run, whose output the end-to-end check reuses
+_NOT_HOSTS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
+def check_example_inputs(example_inputs: Any, *, what: str = "example_inputs") -> tuple | None:
+    """``None`` or a tuple of positional inputs; anything else is a usage error."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, Tensor):
+        raise InvalidArgumentError(
+            f"{what} must be a tuple of positional inputs, like torch.onnx.export takes; "
+            f"got a single tensor: pass ({what[:1]},) i.e. (x,) instead of x")
+    if isinstance(example_inputs, list):
+        example_inputs = tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise InvalidArgumentError(f"{what} must be a tuple of positional inputs, got {type(example_inputs).__name__}")
+    return example_inputs
+
+
+@dataclass
+class Decision:
+    """What convert does with one hook at one module (a global hook gets one decision
+    per module it fired on)."""
+
+    info: HookInfo
+    path: str
+    plan: Plan
+    detail: str
+    wrapper: W.Wrapper | None = None
+    host: nn.Module | None = field(default=None, repr=False)
+    fix: str = ""
+
+    @property
+    def position(self) -> str:
+        return "pre" if self.info.kind in ("forward_pre", "global_forward_pre") else "post"
+
+    def action(self) -> Action:
+        wrapper = self.wrapper.kind if self.wrapper is not None else None
+        return Action(self.path, self.info.kind, self.info.name, self.info.origin, self.plan.done,  # type: ignore[arg-type]
+                      self.detail, wrapper, self.position if wrapper else None)
+
+    def blocker(self) -> Blocker:
+        return Blocker(self.path, self.info.kind, self.info.name, self.detail, self.fix)
+
+
+@dataclass
+class ConversionPlan:
+    """Every decision, in inventory order, and the hooked model's output on the example
+    inputs when the recording run produced it (the end-to-end check reuses it)."""
+
+    decisions: list[Decision]
+    recorded_output: Any = None
+    recorded: bool = False
+
+    @property
+    def blockers(self) -> list[Blocker]:
+        return [d.blocker() for d in self.decisions if d.plan is Plan.UNSUPPORTED]
+
+    def of(self, plan: Plan) -> list[Decision]:
+        return [d for d in self.decisions if d.plan is plan]
+
+
+def plan_conversion(model: nn.Module, example_inputs: tuple | None, *,
+                    global_hooks: GlobalHooks = "keep") -> ConversionPlan:
+    """Decide, for every hook of ``model``, what :func:`hookwrap.convert` does with it.
+
+    Running ``example_inputs`` once (seeded, eval mode) records the hooks that must be
+    captured; the model's structure and hooks are as they were afterwards.
+
+    Raises:
+        HookwrapError: ``example_inputs`` do not run through the model.
+    """
+    if global_hooks not in ("keep", "convert"):
+        raise InvalidArgumentError(f"global_hooks must be 'keep' or 'convert', got {global_hooks!r}")
+    listed = list_hooks(model)
+    modules = dict(model.named_modules())
+    sites = _sites_to_record(listed, modules, model, global_hooks)
+    calls: dict[tuple[str, str, int], list[Call]] | None = None
+    plan = ConversionPlan([])
+    if sites and example_inputs is not None:
+        try:
+            with preserved(model):
+                calls, plan.recorded_output = record(model, example_inputs, sites, seed=RECORD_SEED)
+            plan.recorded = True
+        except Exception as exc:
+            raise HookwrapError(f"running example_inputs through {type(model).__name__} failed "
+                                f"({type(exc).__name__}: {exc}); pass inputs the model accepts") from exc
+    batch = _batch_size(example_inputs)
+    for info in listed:
+        plan.decisions += _decide(info, model, modules, calls, batch, global_hooks)
+    return plan
+
+
+def _needs_running(info: HookInfo, global_hooks: GlobalHooks) -> bool:
+    if info.kind not in FORWARD_KINDS:
+        return False
+    if info.path == GLOBAL_PATH:
+        return global_hooks == "convert"
+    return info.plan is Plan.CONVERT and info.origin != "hookwrap" and find_converter(unwrap_hook(info.hook)) is None
+
+
+def _sites_to_record(listed: Inventory, modules: dict[str, nn.Module], model: nn.Module,
+                     global_hooks: GlobalHooks) -> list[Site]:
+    """The hooks whose decision needs a recording run: those to capture, and global hooks
+    being converted (to learn which modules they fire on)."""
+    sites = []
+    for info in listed:
+        if _needs_running(info, global_hooks):
+            position = "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post"
+            sites.append(Site(info, info.path, modules.get(info.path, model), position, info.with_kwargs))
+    return sites
+
+
+def _batch_size(example_inputs: tuple | None) -> int | None:
+    for leaf in _pytree.tree_leaves(example_inputs or ()):
+        if isinstance(leaf, Tensor) and leaf.dim() >= 1:
+            return int(leaf.shape[0])
+    return None
+
+
+def _decide(info: HookInfo, model: nn.Module, modules: dict[str, nn.Module],
+            calls: dict[tuple[str, str, int], list[Call]] | None, batch: int | None,
+            global_hooks: GlobalHooks) -> list[Decision]:
+    if info.path == GLOBAL_PATH and global_hooks == "convert":
+        if info.kind not in FORWARD_KINDS:
+            return [Decision(info, info.path, Plan.STRIP, "global gradient hook: removed from the process")]
+        return [_decide_forward(info, path, host, calls, batch) for path, host in _global_hosts(model, info, calls)]
+    if info.kind not in FORWARD_KINDS or info.plan is not Plan.CONVERT:
+        fix = "remove the hook, or script the module after hooking" if info.plan is Plan.UNSUPPORTED else ""
+        return [Decision(info, info.path, info.plan, info.reason, fix=fix)]
+    return [_decide_forward(info, info.path, modules[info.path], calls, batch)]
+
+
+def _decide_forward(info: HookInfo, path: str, host: nn.Module,
+                    calls: dict[tuple[str, str, int], list[Call]] | None, batch: int | None) -> Decision:
+    known = _known_wrapper(info, host)
+    if known is not None:
+        return Decision(info, path, known[0], known[1], known[2], host, known[3])
+    site = Site(info, path, host, "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post",
+                info.with_kwargs)
+    outcome = convert_site(site, None if calls is None else calls.get(site.key, []), batch=batch)
+    return Decision(info, path, outcome.plan, outcome.detail, outcome.wrapper, host, outcome.fix)
+
+
+def _known_wrapper(info: HookInfo, host: nn.Module) -> tuple[Plan, str, W.Wrapper | None, str] | None:
+    """The decision for hookwrap hook objects and registered converters, or None."""
+    target = unwrap_hook(info.hook)
+    owner = getattr(target, "__self__", target)
+    if info.origin == "hookwrap" and isinstance(owner, Hook):
+        made = owner.to_module()
+        return Plan.CONVERT, f"hookwrap hook -> {made!r}", made, ""
+    conv = find_converter(target)
+    if conv is None:
+        return None
+    fix = "fix the converter so that it returns its declared wrapper type"
+    try:
+        wrapper = conv.build(target, host)
+    except Exception as exc:
+        return Plan.UNSUPPORTED, f"the converter registered for {conv.label} raised {type(exc).__name__}: {exc}.", \
+            None, fix
+    if not isinstance(wrapper, conv.wrapper) or not isinstance(wrapper, W.Wrapper):
+        return Plan.UNSUPPORTED, (f"the converter registered for {conv.label} returned {type(wrapper).__name__}, "
+                                  f"not the declared wrapper type {conv.wrapper.__name__}."), None, fix
+    return Plan.CONVERT, f"registered converter for {conv.label} -> {wrapper!r}", wrapper, ""
+
+
+def _global_hosts(model: nn.Module, info: HookInfo, calls: dict | None) -> list[tuple[str, nn.Module]]:
+    """The modules a global hook fired on (when recorded), else every module."""
+    named = [(p, m) for p, m in model.named_modules() if not isinstance(m, _NOT_HOSTS) and not W.in_wrapper(p)]
+    if calls is None:
+        return named
+    return [(p, m) for p, m in named if (p, info.kind, info.hook_id) in calls]
+
+
+def inventory(model: nn.Module, example_inputs: Any = None, *, include_global: bool = True,
+              global_hooks: GlobalHooks = "keep") -> Inventory:
+    """Every hook on ``model`` and every global module hook, with what ``convert`` does with it.
+
+    Without ``example_inputs`` a hook that must be captured says so; with them, the model
+    runs once (your hooks are called; its structure and hooks stay as they are) and every
+    plan and reason is convert's own decision: "recognised as Dropout2d(p=0.2, always=True)",
+    "observer: ...", or why it cannot be converted.
+
+    Args:
+        model: the model to inspect; it is not changed.
+        example_inputs: a tuple of positional inputs, as for :func:`hookwrap.convert`.
+        include_global: also list global module hooks (path ``"<global>"``).
+        global_hooks: as for :func:`hookwrap.convert`.
+
+    Returns:
+        An :class:`~hookwrap.inventory.Inventory` of :class:`~hookwrap.inventory.HookInfo`.
+
+    Raises:
+        InvalidArgumentError: ``model`` is not a module or ``example_inputs`` not a tuple.
+        HookwrapError: ``example_inputs`` do not run through the model.
+
+    Example:
+        >>> print(hw.inventory(model, (x,)))        # a table: path, kind, name, origin, ..., plan, reason
+    """
+    listed = list_hooks(model, include_global=include_global)
+    example = check_example_inputs(example_inputs)
+    if example is None:
+        return listed
+    plan = plan_conversion(model, example, global_hooks=global_hooks)
+    by_hook: dict[tuple[str, str, int], list[Decision]] = {}
+    for decision in plan.decisions:
+        by_hook.setdefault((decision.info.path, decision.info.kind, decision.info.hook_id), []).append(decision)
+    return Inventory([_with_decisions(info, by_hook.get((info.path, info.kind, info.hook_id), []))
+                      for info in listed], listed.model_name)
+
+
+def _with_decisions(info: HookInfo, decisions: list[Decision]) -> HookInfo:
+    if not decisions:
+        return info
+    if len(decisions) == 1:
+        return replace(info, plan=decisions[0].plan, reason=decisions[0].detail)
+    plans = {d.plan for d in decisions}
+    worst = Plan.UNSUPPORTED if Plan.UNSUPPORTED in plans else decisions[0].plan
+    reasons: dict[str, list[str]] = {}
+    for d in decisions:
+        reasons.setdefault(d.detail, []).append(d.path or "<root>")
+    text = "; ".join(f"{detail} (at {', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
+                     for detail, paths in reasons.items())
+    return replace(info, plan=worst, reason=text)
+

@@ -1,0 +1,213 @@
+"""Golden files and the torch-free parity gate: hw.record, hookwrap record, check --golden,
+warnings that make a verdict honest, and golden files as hostile input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, DropoutHook, small_cnn
+from torch import nn
+
+import hookwrap as hw
+
+TESTS = str(ROOT / "tests")
+CLI = Path(sys.executable).parent / "hookwrap"
+
+# Runs the hookwrap CLI in a process where importing torch or torchvision raises ImportError.
+GATE = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in ('torch', 'torchvision'):
+                raise ImportError(f'{name} is not installed in this image')
+    sys.meta_path.insert(0, Block())
+    from hookwrap.cli import main
+    code = main(sys.argv[1:])
+    assert 'torch' not in sys.modules
+    sys.exit(code)
+""")
+
+
+def gate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", GATE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def hooked_cnn() -> nn.Module:
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: o * 1.5)
+    model[2].register_forward_pre_hook(lambda m, a: (torch.relu(a[0]) + 0.1,))
+    return model
+
+
+def mc_dropout_cnn() -> nn.Module:
+    model = small_cnn()
+    hook = DropoutHook(0.3)
+    model.apply(hook.register_hook)  # the seed article's F.dropout2d(out, p, True, False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("golden")
+    x = torch.randn(2, 3, 10, 10)
+    hooked, stochastic = hooked_cnn(), mc_dropout_cnn()
+    hw.export_onnx(hooked, (x,), folder / "good.onnx")
+    hw.export_onnx(small_cnn(), (x,), folder / "lost.onnx")  # the same weights, hooks lost
+    hw.export_onnx(stochastic, (x,), folder / "mc.onnx")
+    hw.export_onnx(small_cnn(), (x,), folder / "mc_lost.onnx")  # dropout lost
+    hw.record(hooked, (x,), folder / "golden.npz")
+    hw.record(stochastic, (x,), folder / "mc_golden.npz", samples=32)
+    return folder, x, hooked, stochastic
+
+
+def test_a_golden_file_gives_the_verdict_of_the_model_itself(exports, tmp_path):
+    folder, x, hooked, _ = exports
+    live = hw.check_parity(hooked, folder / "good.onnx", (x,))
+    golden = hw.check_parity(folder / "golden.npz", folder / "good.onnx")
+    assert live and golden and golden.reference == "golden" and live.reference == "model"
+    assert [c.max_abs_diff for c in golden.checks] == [c.max_abs_diff for c in live.checks]
+    assert golden.inputs == live.inputs
+    for onnx in ("lost.onnx",):
+        live_bad = hw.check_parity(hooked, folder / onnx, (x,))
+        golden_bad = hw.check_parity(folder / "golden.npz", folder / onnx)
+        assert not live_bad and not golden_bad
+        assert [c.max_abs_diff for c in golden_bad.checks] == [c.max_abs_diff for c in live_bad.checks]
+    golden.to_json(tmp_path / "r.json")
+    golden.to_junit(tmp_path / "r.xml")
+    assert json.loads((tmp_path / "r.json").read_text())["reference"] == "golden"
+
+
+def test_every_entry_reads_without_pickle_and_records_what_it_needs(exports):
+    folder, *_ = exports
+    with np.load(folder / "golden.npz", allow_pickle=False) as data:
+        entries = {k: data[k] for k in data.files}
+    meta = json.loads(entries.pop("__hookwrap_golden__").tobytes())
+    assert meta["format"] == "hookwrap-golden" and meta["format_version"] == 1 and not meta["stochastic"]
+    assert meta["hookwrap_version"] == hw.__version__ and meta["torch_version"]
+    assert meta["atol"] == 1e-4 and meta["rtol"] == 1e-3 and meta["sets"] == 4
+    assert [h["kind"] for h in meta["inventory"]["hooks"]] == ["forward", "forward_pre"]
+    assert sorted(entries) == sorted([f"input/{i}/0" for i in range(4)] + [f"output/{i}/0" for i in range(4)])
+    with np.load(folder / "mc_golden.npz", allow_pickle=False) as data:
+        assert data["draw/0/0"].shape[0] == 32 and data["anchor/0/0"].shape[0] == 16
+
+
+def test_the_gate_imports_no_torch_and_exits_as_the_contract_says(exports):
+    folder, *_ = exports
+    ok = gate("check", "good.onnx", "--golden", "golden.npz", "--junit", "r.xml", cwd=folder)
+    assert ok.returncode == 0, ok.stderr
+    lost = gate("check", "lost.onnx", "--golden", "golden.npz", cwd=folder)
+    assert lost.returncode == 1 and "FAILED" in lost.stdout
+    mc = gate("check", "mc.onnx", "--golden", "mc_golden.npz", cwd=folder)
+    assert mc.returncode == 0 and "statistical" in mc.stdout, mc.stdout + mc.stderr
+    mc_lost = gate("check", "mc_lost.onnx", "--golden", "mc_golden.npz", cwd=folder)
+    assert mc_lost.returncode == 1 and "FAILED" in mc_lost.stdout
+
+
+def test_hookwrap_record_writes_what_hw_record_writes(tmp_path):
+    (tmp_path / "factories.py").write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {TESTS!r})
+        from test_golden import hooked_cnn
+        def build():
+            torch.manual_seed(0)
+            return hooked_cnn(), (torch.randn(2, 3, 10, 10),)
+    """))
+    proc = subprocess.run([str(CLI), "record", "factories.py:build", "-o", "out/g.npz", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["sets"] == 4 and summary["stochastic"] is False and (tmp_path / "out" / "g.npz").exists()
+
+
+def test_a_vacuous_check_warns_and_strict_fails(tmp_path):
+    """Random weights can make outputs so small that no export could fail the default atol."""
+    model = hooked_cnn()
+    with torch.no_grad():
+        model[5].weight.mul_(1e-7)
+        model[5].bias.zero_()
+    x = torch.randn(2, 3, 10, 10)
+    hw.export_onnx(hw.strip(model), (x,), tmp_path / "lost.onnx")  # lost its hooks, and still passes
+    report = hw.check_parity(model, tmp_path / "lost.onnx", (x,))
+    assert report, "the check cannot fail: that is the point of the warning"
+    assert len(report.warnings) == 1 and "vacuous check" in report.warnings[0]
+    assert repr(report.checks[0].output) in report.warnings[0] and "pass atol=" in report.warnings[0]
+    hw.record(model, (x,), tmp_path / "g.npz")
+    strict = gate("check", "lost.onnx", "--golden", "g.npz", "--strict", cwd=tmp_path)
+    assert strict.returncode == 1 and "vacuous check" in strict.stdout
+    assert gate("check", "lost.onnx", "--golden", "g.npz", cwd=tmp_path).returncode == 0
+    atol = float(report.warnings[0].split("pass atol=")[1].split()[0])
+    assert not hw.check_parity(model, tmp_path / "lost.onnx", (x,), atol=atol)  # the suggested tolerance catches it
+
+
+def test_too_few_draws_warn(exports):
+    folder, x, _, stochastic = exports
+    report = hw.check_parity(stochastic, folder / "mc.onnx", (x,), samples=4, random_inputs=0)
+    assert any(w.startswith("too few draws") for w in report.warnings), report.warnings
+    assert not [w for w in hw.check_parity(stochastic, folder / "mc.onnx", (x,), random_inputs=0).warnings
+                if w.startswith("too few draws")]
+
+
+def test_the_plugin_fixture_takes_a_golden_path(exports, tmp_path):
+    folder, *_ = exports
+    (tmp_path / "test_gate.py").write_text(textwrap.dedent(f"""
+        def test_gate(hookwrap_parity):
+            hookwrap_parity({str(folder / 'golden.npz')!r}, {str(folder / 'good.onnx')!r})
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gate.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _truncated(src: Path, dst: Path) -> Path:
+    raw = src.read_bytes()
+    dst.write_bytes(raw[: len(raw) // 2])
+    return dst
+
+
+def _object_array(src: Path, dst: Path) -> Path:
+    np.savez(dst, **{"__hookwrap_golden__": np.array([{"x": 1}], dtype=object)})
+    return dst
+
+
+def _bad_meta(src: Path, dst: Path) -> Path:
+    with np.load(src, allow_pickle=False) as data:
+        entries = {k: data[k] for k in data.files}
+    meta = json.loads(entries["__hookwrap_golden__"].tobytes())
+    meta["sets"] = 10**9
+    entries["__hookwrap_golden__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **entries)
+    return dst
+
+
+def _lying_size(src: Path, dst: Path) -> Path:
+    """An entry whose .npy header declares far more data than the zip holds."""
+    with zipfile.ZipFile(dst, "w") as archive:
+        header = b"\x93NUMPY\x01\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (1073741824,), }".ljust(
+            118) + b"\n"
+        archive.writestr("input/0/0.npy", header + b"\x00" * 16)
+    return dst
+
+
+def _fifo(src: Path, dst: Path) -> Path:
+    os.mkfifo(dst)
+    return dst
+
+
+@pytest.mark.parametrize("make", [_truncated, _object_array, _bad_meta, _lying_size, _fifo])
+def test_hostile_golden_files_are_one_line_errors(exports, tmp_path, make):
+    folder, *_ = exports
+    bad = make(folder / "golden.npz", tmp_path / "bad.npz")
+    with pytest.raises(hw.HookwrapError):
+        hw.check_parity(bad, folder / "good.onnx")
+    proc = gate("check", str(folder / "good.onnx"), "--golden", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("hookwrap: error:") and "Traceback" not in proc.stderr
