@@ -44,6 +44,7 @@ def interleaved_ratio(candidate: Callable[[], Any], baseline: Callable[[], Any],
         "ratio": statistics.median(ratios),
         "candidate_s": statistics.median(a_times),
         "baseline_s": statistics.median(b_times),
+        **spread(ratios),
     }
 
 

@@ -1,8 +1,10 @@
 """``make bench``: run every benchmark, write ``benchmarks/results.json``, print a table.
 
 Each ``bench_*.py`` script runs in its own process and prints JSON figures; this script
-collects them into one list of ``{benchmark, name, value, limit, pass, ...}`` entries.
-Exit code 1 if any figure misses its limit.
+collects them into ``{"machine": {...}, "commit": ..., "figures": [{benchmark, name, value,
+limit, pass, ...}, ...]}``: the machine (cores, CPU model, memory, Python, torch) and the
+commit are recorded so that a figure can be traced to where it was measured. Exit code 1
+if any figure misses its limit (or a script fails).
 """
 
 from __future__ import annotations
@@ -14,7 +16,31 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["cli", "convert", "io", "journey", "bisect", "growth", "fuzz", "zoo"]
+ORDER = ["cli", "convert", "io", "journey", "gate", "bisect", "growth", "fuzz", "zoo", "timm", "transformers"]
+MINUTES_LIMIT = 75
+
+
+def machine() -> dict:
+    """What this machine is: the figures depend on it."""
+    import os
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    versions = subprocess.run([sys.executable, "-c", "import torch, onnxruntime; print(torch.__version__, "
+                               "onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_mb": memory, "python": platform.python_version(),
+            "torch": versions[0] if versions else None, "onnxruntime": versions[1] if len(versions) > 1 else None,
+            "platform": platform.platform()}
+
+
+def commit() -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True,
+                           text=True).stdout.strip()
+    return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
 
 
 def main() -> int:
@@ -39,11 +65,12 @@ def main() -> int:
     if not only:
         minutes = (time.perf_counter() - started) / 60
         results.append({"benchmark": "run_all", "name": "make_bench_minutes", "value": round(minutes, 2),
-                        "limit": 60, "pass": minutes <= 60})
+                        "limit": MINUTES_LIMIT, "pass": minutes <= MINUTES_LIMIT})
     if not results:
         print(f"no benchmark matches {only}; known: {', '.join(ORDER)}", file=sys.stderr)
         return 2
-    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    record = {"machine": machine(), "commit": commit(), "benchmarks": only or ORDER, "figures": results}
+    (HERE / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     width = max(len(r["name"]) for r in results)
     print(f"{'figure':{width}}  {'value':>12}  {'limit':>8}  pass")
     for r in results:

@@ -25,7 +25,7 @@ from typing import Any
 from ._fs import file_errors, open_regular
 from .errors import HookwrapError
 
-__all__ = ["OnnxFile", "read_onnx", "open_session", "random_ops_of", "RANDOM_OPS"]
+__all__ = ["OnnxFile", "read_onnx", "open_session", "random_ops_of", "remember", "RANDOM_OPS"]
 
 # ONNX operators whose results are random.
 RANDOM_OPS = frozenset({
@@ -36,12 +36,32 @@ _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 @dataclass(frozen=True)
 class OnnxFile:
-    """A checked ONNX file: its parsed graph and the folder its external data lives in."""
+    """A checked ONNX file: its parsed graph (unless it is one this process wrote, see
+    :func:`remember`), the folder its external data lives in, and its random operators."""
 
     path: Path
     folder: Path
     proto: Any
     external_data: bool
+    random_ops: dict[str, int]
+
+
+# Files this process exported, by identity (device, inode, size, mtime and ctime: any change
+# to the file changes its ctime). check_parity need not parse them again: it knows their
+# random operators, and their external data is its own.
+_WRITTEN: dict[tuple[int, int, int, int, int], tuple[dict[str, int], bool]] = {}
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def remember(path: Path, random_ops: dict[str, int], external_data: bool) -> None:
+    """Note an ONNX file that this process has just written and checked."""
+    try:
+        _WRITTEN[_identity(os.stat(path))] = (dict(random_ops), external_data)
+    except OSError:
+        pass
 
 
 def _graphs(graph: Any) -> Iterator[Any]:
@@ -155,8 +175,9 @@ def check_external_data(model: Any, folder: Path, name: str) -> bool:
     return found
 
 
-def read_onnx(path: str | os.PathLike[str]) -> OnnxFile:
-    """Open, parse and check an ONNX file (its external data references included).
+def read_onnx(path: str | os.PathLike[str], *, graph: bool = True) -> OnnxFile:
+    """Open, parse and check an ONNX file (its external data references included). With
+    ``graph=False`` a file this process wrote (and has not changed since) is not read again.
 
     Raises:
         HookwrapError: the file cannot be opened or parsed, or its external data is unsafe.
@@ -164,15 +185,18 @@ def read_onnx(path: str | os.PathLike[str]) -> OnnxFile:
     import onnx
 
     p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
     with open_regular(p, what="ONNX file") as fh, file_errors(p, "read the ONNX file"):
+        known = _WRITTEN.get(_identity(os.fstat(fh.fileno())))
+        if known is not None and not graph:
+            return OnnxFile(p, folder, None, known[1], dict(known[0]))
         data = fh.read()
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise HookwrapError(f"{p.name}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    folder = p.parent if str(p.parent) else Path(".")
     external = check_external_data(proto, folder, p.name)
-    return OnnxFile(p, folder, proto, external)
+    return OnnxFile(p, folder, proto, external, random_ops_of(proto))
 
 
 def open_session(model: OnnxFile, proto: Any = None) -> Any:
@@ -189,6 +213,8 @@ def open_session(model: OnnxFile, proto: Any = None) -> Any:
     options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, os.fspath(model.folder.resolve()))
     source = model.proto if proto is None else proto
     try:
+        if source is None:  # a file this process wrote: onnxruntime reads it (and writes nothing)
+            return ort.InferenceSession(os.fspath(model.path), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(source.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise HookwrapError(f"{model.path.name} cannot be opened by onnxruntime: {type(exc).__name__}: {exc}") from None

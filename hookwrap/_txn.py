@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -137,12 +137,15 @@ def preserved(model: nn.Module) -> Iterator[None]:
         snap.restore()
 
 
-def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) -> nn.Module:
+def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False,
+                   own: Iterable[nn.Module] = ()) -> nn.Module:
     """``copy.deepcopy(model)`` that also copes with weight-transform hooks.
 
     With ``share_tensors=True`` the copy's modules, hooks and attributes are new but its
     parameters and buffers are the original tensor objects: a cheap copy for work that
-    changes the model's structure but never its weights.
+    changes the model's structure but never its weights. The tensors of the modules in
+    ``own`` are copied all the same: work that changes those (baking a weight transform)
+    then leaves the original alone.
 
     Pruning, ``weight_norm`` and ``spectral_norm`` leave a computed, non-leaf tensor as a
     plain attribute (``module.weight``), and models such as timm's LeViT keep non-leaf
@@ -159,6 +162,9 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False) 
     if share_tensors:
         for tensor in [*model.parameters(), *model.buffers()]:
             memo[id(tensor)] = tensor
+        for module in own:  # their tensors will be changed in the copy (baking): copy those
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                memo.pop(id(tensor), None)
     for mod in model.modules():
         for value in mod.__dict__.values():
             _detach_non_leaves(value, memo, depth=4)

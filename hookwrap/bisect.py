@@ -32,7 +32,7 @@ from torch.utils import _pytree
 
 from . import wrappers as W
 from ._fs import write_json
-from ._onnx import OnnxFile, open_session, random_ops_of, read_onnx
+from ._onnx import OnnxFile, open_session, read_onnx
 from .compare import compare_exact
 from .errors import HookwrapError, InvalidArgumentError
 from .parity_inputs import signature
@@ -246,7 +246,7 @@ def bisect(
         raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
     path = Path(onnx_path)
     onnx_file = read_onnx(path)
-    if random_ops_of(onnx_file.proto):
+    if onnx_file.random_ops:
         raise HookwrapError(
             f"{path.name} has random operators: bisect compares one run of each side, so it needs a "
             f"deterministic model (compare a copy with its dropout switched off)")

@@ -17,12 +17,12 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from ._fs import commit, file_errors, fsync_dir, private_folder, write_json
-from ._onnx import RANDOM_OPS, all_nodes, random_ops_of
+from ._onnx import RANDOM_OPS, all_nodes, random_ops_of, remember
 from ._torch import batch_of_two, eval_mode, quiet
 from ._txn import deepcopy_model
-from .convert import check_example_inputs, convert, convert_in_place
+from .convert import check_example_inputs, convert_in_place
 from .errors import Blocker, ExportError, HookwrapError, InvalidArgumentError, UnconvertibleHookError
-from .inventory import forward_hooks
+from .inventory import forward_hooks, list_hooks
 from .report import ConversionReport, conversion_report
 
 __all__ = ["export_onnx", "ExportResult", "RANDOM_OPS", "random_ops_of"]
@@ -252,11 +252,10 @@ def export_onnx(
         subject = model
     else:
         try:
-            if any(h.plan == "bake" for h in hooks):
-                subject = convert(model, example)  # baking changes weights: a full copy
-            else:
-                # A copy whose modules and hooks are new but whose weights are shared, read-only.
-                subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True), example)
+            # A copy whose modules and hooks are new and whose weights are shared, read-only,
+            # except those of modules whose weight transforms are baked: baking changes them.
+            baked = [h.owner for h in list_hooks(model) if h.plan == "bake" and isinstance(h.owner, nn.Module)]
+            subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True, own=baked), example)
         except UnconvertibleHookError as exc:
             if exporter != "dynamo":
                 raise UnconvertibleHookError(exc.blockers, note="exporter='dynamo' exports the hooked model "
@@ -297,6 +296,7 @@ def export_onnx(
     counts = Counter(node.op_type for node in all_nodes(proto))
     opset_version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     random = random_ops_of(proto)
+    remember(target, random, len(files) > 1)
     return ExportResult(
         path=target, exporter=exporter, opset=opset_version, node_counts=dict(counts),
         random_ops=random, files=files, external_data=len(files) > 1,

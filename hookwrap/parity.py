@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import parity_inputs as PI
-from ._onnx import open_session, random_ops_of, read_onnx
+from ._onnx import open_session, read_onnx
 from .compare import DEFAULT_ALPHA, DEFAULT_SAMPLES, STAT_NAMES, compare_exact, compare_statistical
 from .errors import InvalidArgumentError, ParityError
 from .parity_report import OutputCheck, ParityReport
@@ -126,10 +126,10 @@ def check_parity(
     """
     start = time.perf_counter()
     options = _Options(1e-4 if atol is None else atol, 1e-3 if rtol is None else rtol, samples, seed, alpha)
-    onnx_file = read_onnx(onnx_path)
+    onnx_file = read_onnx(onnx_path, graph=False)
     session = open_session(onnx_file)
     sig = PI.signature(session)
-    random_ops = random_ops_of(onnx_file.proto)
+    random_ops = onnx_file.random_ops
     side = _reference_side(reference, inputs, sig, options, random_inputs, weights)
     recorded = getattr(side, "tolerances", {})
     options = _Options(recorded.get("atol", options.atol) if atol is None else atol,

@@ -125,12 +125,12 @@ class Wrapper(nn.Module):
                 f"{type(self).__name__} as a pre-hook acts on the first positional input, "
                 f"which is not a tensor here"
             )
-        return (self(args[0]), *args[1:]), kwargs
+        return (self.forward(args[0]), *args[1:]), kwargs
 
     def hookwrap_post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if isinstance(output, Tensor):  # the common case, kept short: it runs on every call
-            return self(output)
-        return map_primary(output, self)
+            return self.forward(output)
+        return map_primary(output, self.forward)
 
 
 # --------------------------------------------------------------------------------------
@@ -502,8 +502,8 @@ class Chain(Wrapper):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        for item in self.items:
-            x = item(x)
+        for item in self.items._modules.values():
+            x = item.forward(x)
         return x
 
     def config(self) -> dict[str, Any]:
@@ -769,7 +769,7 @@ class CapturedHook(Wrapper):
         inputs = [leaves[i] for i in self._tensor_in_idx]
         opaque = [leaves[i] for i in self._opaque_in_idx]
         host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
-        outs = iter(self(*inputs, *host_inputs))
+        outs = iter(self.forward(*inputs, *host_inputs))
         result = [next(outs) if v == TENSOR else opaque[v["opaque"]] if isinstance(v, dict) else v
                   for v in self.out_template]
         return _tree.unflatten(result, self._out_spec, like=like)
@@ -891,16 +891,20 @@ def host_class(base: type[nn.Module]) -> type[nn.Module]:
     base_forward = base.forward
 
     def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        pre: Any = self._modules.get(PRE)
+        # The hot path of every converted model: the wrapper lists are read straight from
+        # _modules (no ModuleList.__iter__), and a wrapper's own forward is called directly,
+        # as a hook would have been, without nn.Module.__call__'s machinery around it.
+        modules = self._modules
+        pre: Any = modules.get(PRE)
         if pre is not None:
-            for wrapper in pre._modules.values():  # the ModuleList's items, without its __iter__
+            for wrapper in pre._modules.values():
                 args, kwargs = wrapper.hookwrap_pre(self, args, kwargs)
         out = base_forward(self, *args, **kwargs)
-        post: Any = self._modules.get(POST)
+        post: Any = modules.get(POST)
         if post is not None:
             for wrapper in post._modules.values():
                 if wrapper.elementwise and isinstance(out, Tensor):
-                    out = wrapper(out)
+                    out = wrapper.forward(out)
                 else:
                     out = wrapper.hookwrap_post(self, args, kwargs, out)
         return out

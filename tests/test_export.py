@@ -87,3 +87,33 @@ def test_large_model_uses_external_data_and_passes_parity(tmp_path):
     report = hw.check_parity(model, tmp_path / "big.onnx", (x,))
     assert report, report.summary()
     assert report.inputs[-1]["shapes"] == [[4, 4096]]  # another batch size, since the batch is dynamic
+
+
+def test_export_check_and_bisect_leave_the_callers_model_as_it_was(tmp_path):
+    """Their copies share the unchanged tensors (no 500 MB copies), and change none of them;
+    the tensors that baking changes are copied."""
+    from helpers import state_equal
+    from torch.nn.utils import prune
+
+    model = build("resnet18")
+
+    prune.l1_unstructured(model.conv1, "weight", amount=0.3)
+    model.fc.register_forward_hook(lambda m, a, o: o * 2.0)
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    hooks = [(h.path, h.kind, h.hook_id) for h in hw.inventory(model)]
+    x = torch.randn(2, 3, 64, 64)
+    result = hw.export_onnx(model, (x,), tmp_path / "r18.onnx")
+    assert {a.action for a in result.report} >= {"baked", "converted"}
+    assert hw.check_parity(model, result.path, (x,), random_inputs=1)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(after[k].data_ptr() == ptr and torch.equal(after[k], value) for k, (ptr, value) in before.items())
+    assert [(h.path, h.kind, h.hook_id) for h in hw.inventory(model)] == hooks
+
+    plain = build("resnet18")
+    hw.export_onnx(plain, (x,), tmp_path / "plain.onnx")
+    hw.bisect(plain, tmp_path / "plain.onnx", (x,))
+    hw.save(build("resnet18", seed=3), tmp_path / "other.safetensors")
+    report = hw.check_parity(plain, tmp_path / "plain.onnx", (x,), weights=tmp_path / "other.safetensors")
+    assert not report  # the copy got the other weights...
+    assert state_equal(plain.state_dict(), build("resnet18").state_dict())  # ...the caller's model did not
