@@ -18,6 +18,7 @@ from torch.utils import _pytree
 
 from ._fs import commit, file_errors, fsync_dir, private_folder, write_json
 from ._onnx import RANDOM_OPS, all_nodes, random_ops_of, remember
+from ._onnx_write import write_model
 from ._torch import batch_of_two, eval_mode, quiet
 from ._txn import deepcopy_model
 from .convert import check_example_inputs, convert_in_place
@@ -106,7 +107,7 @@ def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch
         )
         if program is None:  # pragma: no cover - defensive
             raise ExportError("torch.onnx.export returned no program")
-        program.save(str(tmp))
+        write_model(program, tmp)
     return _structure(program), [str(v.name) for v in program.model.graph.inputs]
 
 
@@ -188,6 +189,31 @@ def _explain(exc: BaseException, exporter: str, odd: list[str] | None = None) ->
     return f"the {exporter} exporter failed ({first}); exporter='{other}' may support this model"
 
 
+def _subject(model: nn.Module, example: tuple, exporter: str) -> tuple[nn.Module, bool, list[Blocker], list[str]]:
+    """What to export: ``model`` itself when it has no forward hooks; else a converted copy
+    (sharing the unchanged weights; modules whose weight transforms are baked own theirs,
+    since baking changes them); else, when no wrapper can stand in for a hook and the
+    exporter is dynamo, a copy of the hooked model, whose hooks the exporter runs inline.
+    Returns (subject, converted, inline hooks, notes)."""
+    if not forward_hooks(model):
+        return model, False, [], []
+    try:
+        baked = [h.owner for h in list_hooks(model) if h.plan == "bake" and isinstance(h.owner, nn.Module)]
+        # The converted copy is checked against the hooked model on the example, which the
+        # exporter traces; check_parity proves the ONNX file on more inputs.
+        copy = deepcopy_model(model, "export_onnx", share_tensors=True, own=baked)
+        return convert_in_place(copy, example, second_input=False), True, [], []
+    except UnconvertibleHookError as exc:
+        if exporter != "dynamo":
+            raise UnconvertibleHookError(exc.blockers, note="exporter='dynamo' exports the hooked model "
+                                         "itself, running these hooks inline") from None
+        inline = exc.blockers
+    named = ", ".join(f"{b.path or '<root>'} {b.name}" for b in inline[:4]) + (", ..." if len(inline) > 4 else "")
+    note = (f"exported the hooked model itself: {len(inline)} hook(s) cannot become modules ({named}); the "
+            f"dynamo exporter ran them inline")
+    return deepcopy_model(model, "export_onnx", share_tensors=True), False, inline, [note]
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: Sequence[Any],
@@ -199,8 +225,10 @@ def export_onnx(
 ) -> ExportResult:
     """Export a model, hooks and all, to ONNX.
 
-    A model that still has forward hooks is converted first (a copy; the model you pass
-    keeps its hooks). The export runs in eval mode. The result is checked with
+    A model that still has forward hooks is converted first (a copy that shares the
+    unchanged weights; the model you pass keeps its hooks and tensors), and the copy is
+    checked against the hooked model on ``example_inputs``; :func:`check_parity` proves
+    the file on more inputs. The export runs in eval mode. The result is checked with
     ``onnx.checker``; weights go to an external ``.data`` file when the model is over
     2 GB. Files appear at ``path`` only once complete.
 
@@ -244,28 +272,7 @@ def export_onnx(
         if not target.parent.is_dir():
             raise InvalidArgumentError(f"folder {str(target.parent)!r} does not exist")
     start = time.perf_counter()
-    hooks = forward_hooks(model)
-    converted = bool(hooks)
-    inline: list[Blocker] = []
-    notes: list[str] = []
-    if not converted:
-        subject = model
-    else:
-        try:
-            # A copy whose modules and hooks are new and whose weights are shared, read-only,
-            # except those of modules whose weight transforms are baked: baking changes them.
-            baked = [h.owner for h in list_hooks(model) if h.plan == "bake" and isinstance(h.owner, nn.Module)]
-            subject = convert_in_place(deepcopy_model(model, "export_onnx", share_tensors=True, own=baked), example)
-        except UnconvertibleHookError as exc:
-            if exporter != "dynamo":
-                raise UnconvertibleHookError(exc.blockers, note="exporter='dynamo' exports the hooked model "
-                                             "itself, running these hooks inline") from None
-            # No wrapper can stand in for these hooks: export the hooked model itself. The dynamo
-            # exporter traces its Python, hooks included (on a copy, so caches stay the model's own).
-            subject, converted, inline = deepcopy_model(model, "export_onnx", share_tensors=True), False, exc.blockers
-            named = ", ".join(f"{b.path or '<root>'} {b.name}" for b in inline[:4]) + (", ..." if len(inline) > 4 else "")
-            notes.append(f"exported the hooked model itself: {len(inline)} hook(s) cannot become modules "
-                         f"({named}); the dynamo exporter ran them inline")
+    subject, converted, inline, notes = _subject(model, example, exporter)
     report = conversion_report(subject)
     with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name

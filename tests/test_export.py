@@ -117,3 +117,27 @@ def test_export_check_and_bisect_leave_the_callers_model_as_it_was(tmp_path):
     report = hw.check_parity(plain, tmp_path / "plain.onnx", (x,), weights=tmp_path / "other.safetensors")
     assert not report  # the copy got the other weights...
     assert state_equal(plain.state_dict(), build("resnet18").state_dict())  # ...the caller's model did not
+
+
+def test_streamed_file_parses_to_what_the_exporters_own_save_writes(tmp_path):
+    """hookwrap writes each weight once, straight from memory; the file must parse to the
+    very model that torch.onnx's save writes, weights, value infos and all."""
+    from hookwrap._onnx_write import write_model
+    from hookwrap._torch import quiet
+
+    model = build("resnet18").eval()
+    model.fc.register_forward_hook(lambda m, a, o: o * 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with quiet():
+        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    program.save(str(tmp_path / "theirs.onnx"))
+    assert write_model(program, tmp_path / "ours.onnx") is True
+    theirs, ours = onnx.load(str(tmp_path / "theirs.onnx")), onnx.load(str(tmp_path / "ours.onnx"))
+    assert len(ours.graph.initializer) == len(theirs.graph.initializer) > 20
+    assert ours.SerializeToString() == theirs.SerializeToString()
+    session = ort.InferenceSession(str(tmp_path / "ours.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(expected).max() > 1e-2  # outputs large enough to tell right from wrong
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -22,12 +22,9 @@ Used by ``benchmarks/bench_transformers.py``.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ from libmodels import DECODERS, HF_FAMILIES, hf_model, hook_llm, scaled_atol, to
 from torch import nn
 
 import hookwrap as hw
-from zoo.timm_sweep import Timeout, timebox
+from zoo.timm_sweep import Timeout, quiet, timebox, timed
 
 _L = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 # More families, in the same tiny shape: family -> (config class, model class, config, decoder?)
@@ -119,29 +116,6 @@ def one_line(exc: BaseException) -> str:
         exc = exc.__cause__
     text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text[:300]}"
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    import logging
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), \
-                contextlib.redirect_stdout(devnull), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def timed(steps: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    try:
-        return fn()
-    finally:
-        steps[name] = time.perf_counter() - start
 
 
 def bare_export_fails(model: nn.Module, inputs: tuple, path: Path) -> str:

@@ -45,6 +45,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import hookwrap as hw
+from zoo.sweep import attach
 
 MAX_PARAMS = 20_000_000
 FEATURES_MAX_PARAMS = 3_000_000  # the features_only journey runs on the swept models up to this size
@@ -245,14 +246,6 @@ def default_size(model: nn.Module) -> int | None:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
     return int(size[-1]) if size else None
-
-
-def attach(model: nn.Module) -> str:
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        handle = hw.attach(model, hw.hooks.Dropout2d(0.2, always=True), where=nn.Conv2d)
-        return f"Dropout2d(always) x{len(handle)}"
-    handle = hw.attach(model, hw.hooks.Scale(0.5), where=nn.Linear)
-    return f"Scale x{len(handle)}"
 
 
 def tensors(out: Any) -> list[torch.Tensor]:
