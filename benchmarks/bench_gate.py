@@ -8,8 +8,9 @@ Process wall time, median of interleaved rounds, on resnet18 (224x224, a hook on
 * ``hookwrap check r18.onnx --reference SPEC`` (imports torch, rebuilds the model) against
   the same polygraphy run: reported;
 * the statistical golden check of the seed's MC-dropout vgg16 (13 Dropout2d hooks, 32x32,
-  32 draws per side, 4 input sets): its median time, and its false-alarm rate over 100
-  golden files recorded with 100 seeds against the correct export (limit 1 %).
+  32 draws per side): its median time on the default golden file (4 input sets), and its
+  false-alarm rate over 100 golden files of the example recorded with 100 seeds, against
+  the correct export (limit 1 %).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hookwrap as hw
 
 ROUNDS = 11
 SEEDS = 100
+TIMED_SEEDS = 3
 BIN = Path(sys.executable).parent
 
 FACTORY = textwrap.dedent(f"""
@@ -100,23 +102,35 @@ def seed_model() -> tuple[nn.Module, tuple]:
 
 
 def statistical_figures(folder: Path) -> list[dict]:
+    """The check's time on the gate's default golden file (the example and 3 random input
+    sets, 32 draws each); the false-alarm rate over SEEDS golden files of the example
+    alone. The family-wise bound ``alpha`` is split over input sets, outputs and
+    statistics, so a one-set file makes the same promise; with four sets the 100 files
+    would take some 23 minutes here (recording and checking each is 256 vgg16 runs, each
+    streaming the 400 MB classifier)."""
     model, example = seed_model()
     onnx = folder / "seed.onnx"
     hw.export_onnx(model, example, onnx)
-    checks, failed = [], 0
-    for seed in range(SEEDS):
-        golden = folder / f"seed{seed}.npz"
+    golden = folder / "seed.npz"
+    checks = []
+    for seed in range(TIMED_SEEDS):
         hw.record(model, example, golden, seed=seed)
         start = time.perf_counter()
         report = hw.check_parity(golden, onnx)
         checks.append(time.perf_counter() - start)
+        assert report and report.mode == "statistical", report.summary()
+    timed_report = report
+    failed = 0
+    for seed in range(SEEDS):
+        hw.record(model, example, golden, seed=seed, random_inputs=0)
+        report = hw.check_parity(golden, onnx)
+        assert report.mode == "statistical", report.summary()
         failed += not report
-        golden.unlink()
-    assert report.mode == "statistical", report.summary()
     return [
         figure("golden_statistical_check_seconds_seed_vgg16", statistics.median(checks), None, **spread(checks),
-               samples=report.samples, inputs=len(report.inputs)),
-        figure("golden_statistical_false_alarm_rate", failed / SEEDS, 0.01, checks=SEEDS, false_alarms=failed),
+               samples=timed_report.samples, inputs=len(timed_report.inputs)),
+        figure("golden_statistical_false_alarm_rate", failed / SEEDS, 0.01, checks=SEEDS, false_alarms=failed,
+               inputs_per_golden=len(report.inputs), alpha=report.alpha),
     ]
 
 
