@@ -53,13 +53,20 @@ def main() -> int:
         print(f"== {script.name}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-        start_json = proc.stdout.find("{")
+        # The figures are the last thing a script prints; libraries may print before them.
+        start_json = proc.stdout.rfind('{\n  "benchmark"')
         text = proc.stdout[start_json:] if start_json >= 0 else ""
         if proc.returncode != 0 or not text:
             results.append({"benchmark": name, "name": f"{name}_ran", "value": proc.returncode, "limit": 0,
                             "pass": False})
             continue
-        for fig in json.loads(text)["figures"]:
+        try:
+            figures = json.loads(text)["figures"]
+        except (ValueError, KeyError) as exc:
+            print(f"   {script.name} printed no readable figures: {exc}", file=sys.stderr, flush=True)
+            results.append({"benchmark": name, "name": f"{name}_ran", "value": -1, "limit": 0, "pass": False})
+            continue
+        for fig in figures:
             results.append({"benchmark": name, **fig})
         print(f"   {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if not only:

@@ -80,7 +80,9 @@ DIGEST_ALGORITHM = "blake3"
 RESERVED_PREFIX = "__hookwrap__."
 MAX_HEADER = 100 * 1024 * 1024
 MAX_WRAPPERS = 100_000
-_PATH = re.compile(r"^(?:[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)?$")
+# A module path as torch.nn.Module.add_module allows its parts: any non-empty name without
+# a dot (torchvision's RegNet has "block1-0"); control characters are refused.
+_PATH = re.compile(r"^(?:[^.\x00-\x1f\x7f]+(?:\.[^.\x00-\x1f\x7f]+)*)?$")
 
 _DTYPES = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),

@@ -468,3 +468,27 @@ def test_a_non_strict_load_reports_the_keys_it_did_not_find(tmp_path):
     assert hw.conversion_report(loaded).missing_keys == ("2.bias",)
     assert torch.equal(loaded[2].bias, kept)  # the base kept its own tensor
     assert hw.conversion_report(hw.load(good, base=small_cnn())).missing_keys == ()
+
+
+def test_module_names_torch_allows_survive_save_and_load(tmp_path):
+    """torchvision's RegNet names its blocks "block1-0": every name add_module accepts
+    (anything without a dot) must round-trip; control characters are still refused."""
+    import torchvision
+
+    def regnet() -> nn.Module:
+        torch.manual_seed(0)
+        return torchvision.models.regnet_x_400mf(weights=None).eval()
+
+    model = regnet()
+    hw.attach(model, hw.hooks.Scale(1.5), where=nn.Conv2d)
+    converted = hw.convert(model, (torch.randn(1, 3, 32, 32),))
+    assert any("-" in a.path for a in hw.conversion_report(converted).of("converted"))
+    hw.save(converted, tmp_path / "regnet.safetensors")
+    loaded = hw.load(tmp_path / "regnet.safetensors", base=regnet)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = converted(x), loaded(x)
+    with torch.no_grad():
+        plain = regnet()(x)
+    assert (expected - plain).abs().max() > 1e-2 * plain.abs().max()  # the hooks show in the output
+    assert torch.equal(got, expected)
