@@ -47,9 +47,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -116,6 +118,9 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return blake3.blake3(data, max_threads=threads).hexdigest()
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def _no_surrogates(value: Any, name: str, key: str) -> None:
     """Refuse strings that cannot be encoded (lone surrogates from JSON escapes)."""
     try:
@@ -147,6 +152,8 @@ class _Header:
     tensors: dict[str, tuple[str, list[int]]]
     metadata: dict[str, str]
     manifest: dict[str, Any] | None
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # absolute byte ranges
+    size: int = 0  # the file's size when its header was checked
 
     @property
     def name(self) -> str:
@@ -213,7 +220,8 @@ def _read_header(p: Path, fh: BinaryIO) -> _Header:
             key=entry or "header") from None
     if not isinstance(header, dict):
         raise ManifestError(f"{name}: header must be a JSON object", key="header")
-    _no_surrogates(header, name, "header")
+    if _SURROGATE_ESCAPE.search(raw):  # valid UTF-8 cannot hold a surrogate; only an escape can
+        _no_surrogates(header, name, "header")
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ManifestError(f"{name}: header '__metadata__' must map strings to strings", key="__metadata__")
@@ -259,7 +267,8 @@ def _read_header(p: Path, fh: BinaryIO) -> _Header:
             f"{name}: the data section has {data_len} bytes but the tensors cover {cursor}: "
             f"the file is truncated or has trailing bytes", key="header")
     manifest = _parse_manifest(name, meta, tensors)
-    return _Header(p, fh, tensors, meta, manifest)
+    start = 8 + n
+    return _Header(p, fh, tensors, meta, manifest, {k: (start + b, start + e) for b, e, k in spans}, size)
 
 
 def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any] | None:
@@ -818,7 +827,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     with _opened(path) as header:
         plain = _Header(header.path, header.handle,
                         {k: v for k, v in header.tensors.items() if not W.in_wrapper(k)},
-                        header.metadata, header.manifest)
+                        header.metadata, header.manifest, header.spans, header.size)
         state = model.state_dict()
         _check_keys(header.name, plain, state, strict)
         tensors = _read_tensors(header, set(plain.tensors))
@@ -833,8 +842,37 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
 
 
 def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
-    """The file's tensors named in ``keys``, read through the already opened (and checked)
-    file, never through its path again."""
+    """The file's tensors named in ``keys``, mapped copy-on-write from the already opened
+    file, at the byte ranges of the header this module checked (no second parser reads it,
+    and the path is never opened again)."""
+    if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+        return _read_tensors_swapped(header, keys)
+    try:
+        mapped = mmap.mmap(header.handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{header.name}: reading tensor data failed: {exc}", key="data") from None
+    if len(mapped) != header.size:
+        now = len(mapped)
+        mapped.close()
+        raise ManifestError(f"{header.name}: the file changed size while it was being read "
+                            f"({header.size} bytes, now {now})", key="data")
+    whole = torch.frombuffer(mapped, dtype=torch.uint8)
+    tensors = {}
+    for key in keys:
+        name, shape = header.tensors[key]
+        dtype, size = _DTYPES[name]
+        if dtype is None:
+            raise ManifestError(f"{header.name}: tensor {key!r} is {name}, which this torch "
+                                f"{torch.__version__} has no dtype for", key=key)
+        begin, end = header.spans[key]
+        chunk = whole[begin:end]
+        if begin % size:  # a view needs aligned storage; an unaligned tensor is copied
+            chunk = chunk.clone()
+        tensors[key] = chunk.view(dtype).reshape(shape)
+    return tensors
+
+
+def _read_tensors_swapped(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -22,6 +22,7 @@ from torch import nn
 
 import hookwrap as hw
 from hookwrap import wrappers as W
+from hookwrap.io import load_weights
 
 TESTS = str(ROOT / "tests")
 
@@ -492,3 +493,42 @@ def test_module_names_torch_allows_survive_save_and_load(tmp_path):
         plain = regnet()(x)
     assert (expected - plain).abs().max() > 1e-2 * plain.abs().max()  # the hooks show in the output
     assert torch.equal(got, expected)
+
+
+def test_tensors_at_any_offset_and_dtype_load_exactly_and_never_write_the_file(tmp_path):
+    """hw.load reads tensors from the byte ranges of the header it checked: a float32
+    tensor placed at an odd offset (safetensors does not promise alignment) loads exactly,
+    so do other dtypes and an empty tensor; weights loaded with ``assign=True`` are
+    private copy-on-write pages, so writing them leaves the file as it was."""
+    values = {"a": torch.tensor([7], dtype=torch.uint8), "b": torch.randn(3, 5),
+              "c": torch.randn(4).to(torch.float16), "d": torch.tensor([True, False, True]),
+              "e": torch.empty(0, 3), "f": torch.arange(6, dtype=torch.int64).reshape(2, 3)}
+    names = {torch.uint8: "U8", torch.float32: "F32", torch.float16: "F16", torch.bool: "BOOL",
+             torch.int64: "I64"}
+    header, data = {}, b""
+    for key, value in values.items():  # in this order "b" starts at byte 1 of the data
+        raw = value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b""
+        header[key] = {"dtype": names[value.dtype], "shape": list(value.shape),
+                       "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    assert header["b"]["data_offsets"][0] % 4 == 1
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for key, value in values.items():
+                self.register_buffer(key, torch.zeros_like(value))
+
+    loaded = hw.load(path, base=Holder)
+    for key, value in values.items():
+        assert getattr(loaded, key).dtype == value.dtype and torch.equal(getattr(loaded, key), value), key
+    before = path.read_bytes()
+    shared = load_weights(Holder(), path, assign=True)
+    assert torch.equal(shared.b, values["b"])
+    shared.b.add_(1.0)
+    shared.f.mul_(3)
+    assert path.read_bytes() == before
+    assert torch.equal(hw.load(path, base=Holder).b, values["b"])
