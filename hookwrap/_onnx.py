@@ -210,6 +210,9 @@ def open_session(model: OnnxFile, proto: Any = None) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # onnxruntime's threads spin for a while after each run; a parity check runs the torch
+    # reference right after, and on a small machine the spinning takes its cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, os.fspath(model.folder.resolve()))
     source = model.proto if proto is None else proto
     try:

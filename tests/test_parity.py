@@ -253,3 +253,15 @@ def test_every_stochastic_wrapper_keeps_its_randomness_in_onnxruntime(tmp_path, 
     assert result.random_ops and "Dropout" not in result.random_ops, result.random_ops
     report = hw.check_parity(layer, tmp_path / "s.onnx", (x,), random_inputs=1)
     assert report and report.mode == "statistical", report.summary()
+
+
+def test_parity_sessions_do_not_spin_their_threads_between_runs(tmp_path):
+    """A parity check alternates onnxruntime runs with torch runs of the reference; spinning
+    onnxruntime threads would take the cores the reference needs, so the session hookwrap
+    opens has spinning off (the session's own options say so)."""
+    from hookwrap._onnx import open_session, read_onnx
+
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    hw.export_onnx(model, (torch.randn(2, 4),), tmp_path / "m.onnx")
+    session = open_session(read_onnx(tmp_path / "m.onnx"))
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
