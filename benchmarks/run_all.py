@@ -46,6 +46,7 @@ def commit() -> str | None:
 def main() -> int:
     only = sys.argv[1:]
     results, started = [], time.perf_counter()
+    measured = commit()  # before the sweeps rewrite their tables (tracked files)
     for name in ORDER:
         if only and name not in only:
             continue
@@ -76,7 +77,7 @@ def main() -> int:
     if not results:
         print(f"no benchmark matches {only}; known: {', '.join(ORDER)}", file=sys.stderr)
         return 2
-    record = {"machine": machine(), "commit": commit(), "benchmarks": only or ORDER, "figures": results}
+    record = {"machine": machine(), "commit": measured, "benchmarks": only or ORDER, "figures": results}
     (HERE / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     width = max(len(r["name"]) for r in results)
     print(f"{'figure':{width}}  {'value':>12}  {'limit':>8}  pass")
