@@ -55,7 +55,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -152,8 +152,8 @@ class _Header:
     tensors: dict[str, tuple[str, list[int]]]
     metadata: dict[str, str]
     manifest: dict[str, Any] | None
-    spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # absolute byte ranges
-    size: int = 0  # the file's size when its header was checked
+    spans: dict[str, tuple[int, int]] = field(repr=False)  # each tensor's absolute byte range
+    size: int  # the file's size when its header was checked
 
     @property
     def name(self) -> str:
@@ -825,9 +825,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
         HookwrapError: the file cannot be opened or is not a regular file.
     """
     with _opened(path) as header:
-        plain = _Header(header.path, header.handle,
-                        {k: v for k, v in header.tensors.items() if not W.in_wrapper(k)},
-                        header.metadata, header.manifest, header.spans, header.size)
+        plain = replace(header, tensors={k: v for k, v in header.tensors.items() if not W.in_wrapper(k)})
         state = model.state_dict()
         _check_keys(header.name, plain, state, strict)
         tensors = _read_tensors(header, set(plain.tensors))
@@ -846,7 +844,7 @@ def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
     file, at the byte ranges of the header this module checked (no second parser reads it,
     and the path is never opened again)."""
     if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
-        return _read_tensors_swapped(header, keys)
+        return _read_tensors_with_safetensors(header, keys)
     try:
         mapped = mmap.mmap(header.handle.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
@@ -872,7 +870,7 @@ def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _read_tensors_swapped(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
+def _read_tensors_with_safetensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
