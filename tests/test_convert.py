@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import ROOT, DropoutHook, build, hook_table, state_equal
 from torch import nn
 from torch.nn.modules import module as module_mod
+from torch.nn.utils import prune
 
 import hookwrap as hw
 from hookwrap import wrappers as W
@@ -253,6 +254,42 @@ def test_unconvertible_hooks_are_listed_together_and_model_unchanged():
     assert not any(W.is_host(m) for m in model.modules())
 
 
+def test_convert_returns_an_independent_model_and_inplace_converts_the_model_itself():
+    """Issue 16: sharing tensors inside export_onnx, check_parity and bisect never reaches
+    the public convert. An optimizer step on either side leaves the other one as it was;
+    inplace=True converts the caller's model itself."""
+    model = build("resnet18")
+    prune.l1_unstructured(model.conv1, "weight", amount=0.3)  # baked: a tensor convert changes
+    model.fc.register_forward_hook(lambda m, a, o: o * 2.0)  # captured
+    x = torch.randn(2, 3, 64, 64)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = hw.convert(model, (x,))
+    assert not forward_hooks(converted)
+    ours = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    assert not any(id(t) in ours for t in [*converted.parameters(), *converted.buffers()])
+    shared_storage = [k for k, v in converted.state_dict().items() if k in original
+                      and v.untyped_storage().data_ptr() == model.state_dict()[k].untyped_storage().data_ptr()]
+    assert shared_storage == []
+
+    def step(net: nn.Module) -> None:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+        net.train()(x).square().mean().backward()  # train mode: batch norm's running stats move too
+        optimizer.step()
+        net.eval()
+
+    step(converted)
+    moved = [k for k, v in converted.state_dict().items() if k in original and not torch.equal(v, original[k])]
+    assert {"fc.weight", "layer4.1.conv2.weight", "bn1.running_mean"} <= set(moved)
+    assert state_equal(model.state_dict(), original)
+    mine = {k: v.clone() for k, v in converted.state_dict().items()}
+    step(model)
+    assert not state_equal(model.state_dict(), original)
+    assert state_equal(converted.state_dict(), mine)
+
+    assert hw.convert(model, (x,), inplace=True) is model
+    assert not forward_hooks(model)
+
+
 def test_convert_without_example_inputs():
     model = build("resnet18")
     hw.attach(model, hw.hooks.Scale(0.5), where=nn.BatchNorm2d)
@@ -267,7 +304,7 @@ def test_convert_without_example_inputs():
 
 def test_bakes_pytorch_utilities_and_strips_gradient_hooks():
     model = build("resnet18")
-    torch.nn.utils.prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    prune.l1_unstructured(model.conv1, "weight", amount=0.5)
     model.fc.register_full_backward_hook(lambda m, gi, go: None)
     model.fc.weight.register_hook(lambda g: g)
     model.fc.register_state_dict_post_hook(lambda m, sd, p, lm: None)
