@@ -267,8 +267,9 @@ def test_convert_returns_an_independent_model_and_inplace_converts_the_model_its
     assert not forward_hooks(converted)
     ours = {id(t) for t in [*model.parameters(), *model.buffers()]}
     assert not any(id(t) in ours for t in [*converted.parameters(), *converted.buffers()])
-    shared_storage = [k for k, v in converted.state_dict().items() if k in original
-                      and v.untyped_storage().data_ptr() == model.state_dict()[k].untyped_storage().data_ptr()]
+    theirs = model.state_dict()
+    shared_storage = [k for k, v in converted.state_dict().items() if k in theirs
+                      and v.untyped_storage().data_ptr() == theirs[k].untyped_storage().data_ptr()]
     assert shared_storage == []
 
     def step(net: nn.Module) -> None:
