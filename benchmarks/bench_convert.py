@@ -10,8 +10,8 @@ equivalent, and convert() on vgg16 is quick.
   reported beside the ratios; limit 1.02;
 * wall time of hw.convert on the hooked vgg16 (example batch 1, 224x224): the first call
   in a process (the median over 5 fresh processes, with the min and max: one sample
-  moved from 1.1 to 2.3 s with the machine's state) and the median of 5 more calls in
-  this process, limit 2 s; and the cost of convert's end-to-end check (issue 13): the
+  moved from 1.1 to 2.3 s with the machine's state) and the median of 5 calls in this
+  process (the first of which is also its first), limit 2 s; and the cost of convert's end-to-end check (issue 13): the
   median convert time with and without it.
 Every ratio is the median of interleaved rounds, with its min and max.
 """
