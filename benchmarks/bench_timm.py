@@ -237,7 +237,10 @@ def main() -> None:
         "of 2.",
         "",
         "**The journey.** Attach `Dropout2d(0.2, always=True)` to every `Conv2d` (`Scale(0.5)` to every `Linear` "
-        "when there is no `Conv2d`), convert, save, load (checked equal to the converted model under a seed), "
+        "when there is no `Conv2d`), convert, then the converted model against the hooked one at a second input "
+        "size (twice the input up to 64, else 32 more; batch 3; seeded alike; whole outputs bit for bit; a size "
+        "the hooked model refuses is recorded, not failed), save, load (checked equal to the converted model "
+        "under a seed), "
         "export (dynamo, dynamic batch; when only a static batch exports the result says *pass (static batch)* and "
         "the notes give the dynamic error), parity (statistical for stochastic models: 16 draws per side, the "
         "example and one random input at another batch size; exact ones with atol = 1e-4 x the largest output "
@@ -247,7 +250,7 @@ def main() -> None:
         "**Blame.** When export or parity fails, the hooked model is exported with the bare "
         "`torch.onnx.export(model, (x,), dynamo=True)`, run in onnxruntime and checked for parity: *exporter* if "
         "that fails too (export, onnxruntime or parity), *hookwrap* if it works. Failures at build or input size are "
-        "the *model*'s; at convert, save or load, hookwrap's.",
+        "the *model*'s; at convert, second size, save or load, hookwrap's.",
         "",
         f"Failures by blame: {json.dumps(blame) if blame else 'none'}.",
         "",

@@ -25,6 +25,7 @@ from typing import Any
 
 from _common import emit, figure  # first: it puts the project and tests/ on sys.path
 from bench_timm import Task, run_pool
+from libmodels import HF_FAMILIES
 from zoo import hf_sweep as hs
 
 HERE = Path(__file__).parent
@@ -86,15 +87,21 @@ def main() -> None:
         f"config {len(needs)} of {len(decoders)} decoders cannot be exported (their output holds a KV cache): "
         f"hw.export_onnx raises ExportError naming the cache and the fix, and the bare exporter fails too.",
         "",
-        "**Families.** The 12 of `tests/libmodels.HF_FAMILIES` (gpt2 ... vit) and the "
+        f"**Families.** The {len(HF_FAMILIES)} of `tests/libmodels.HF_FAMILIES` ({', '.join(HF_FAMILIES)}) and the "
         f"{len(hs.EXTRA_FAMILIES)} of `tests/zoo/hf_sweep.EXTRA_FAMILIES` ({', '.join(hs.EXTRA_FAMILIES)}), each "
         "built tiny from its config (hidden size 32, 2 layers, vocabulary 128), random weights, the library's "
-        "defaults (`use_cache=True`), token ids of shape (2, 8) (pixels (2, 3, 32, 32) for ViT).",
+        "defaults (`use_cache=True`), token ids of shape (2, 8) (pixels (2, 3, 32, 32) for the vision models, "
+        "(2, 3, 64, 64) for Segformer). Models without a head (Dinov2Model, CLIPVisionModel) are compared on "
+        "their last hidden state where the others are compared on their logits.",
         "",
         "**The journey.** `libmodels.hook_llm`: a steering closure on every block, a `with_kwargs` pre-hook on the "
-        "first block, `Scale(0.9)` on every `nn.Linear`. Convert (the converted model has no forward hooks and its "
-        "logits equal the hooked model's, `torch.equal`), save, load in the same process onto a model built under "
-        "another seed (logits equal), export with the default config (decoders: `hw.ExportError` naming the cache "
+        "first block, `Scale(0.9)` on every `nn.Linear`. Convert (the converted model has no forward hooks but "
+        "transformers' own output capturing, and its logits equal the hooked model's, `torch.equal`); then the "
+        "converted model against the hooked one, whole outputs compared bit for bit: at a second sequence length "
+        "(3 longer; the vision models at another image size, where the model accepts it), with "
+        "`output_hidden_states=True`, and for decoders in greedy `generate()` of 8 new tokens with the KV cache "
+        "(tokens and every step's scores; the loaded model too); save, load in the same process onto a model "
+        "built under another seed (logits equal), export with the default config (decoders: `hw.ExportError` naming the cache "
         "and `use_cache = False` is expected, and the bare `torch.onnx.export(model, inputs, dynamo=True)` of the "
         "hooked model must fail too, else hookwrap is to blame; encoders: export and parity), then "
         "`model.config.use_cache = False` (logits unchanged), export (dynamo, dynamic batch) and exact parity on "

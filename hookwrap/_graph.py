@@ -118,7 +118,7 @@ ALLOWED_FAMILIES: dict[str, tuple[str, ...]] = {
     "creation": (
         "zeros_like.default", "ones_like.default", "full_like.default", "zeros.default", "ones.default",
         "full.default", "new_zeros.default", "new_ones.default", "new_full.default", "arange.default",
-        "arange.start", "arange.start_step", "fill.Scalar", "fill.Tensor",
+        "arange.start", "arange.start_step", "linspace.default", "fill.Scalar", "fill.Tensor",
     ),
     "random": (
         "dropout.default", "feature_dropout.default", "alpha_dropout.default",
@@ -231,7 +231,12 @@ def _check_py_args(name: str, index: int, values: list[Any]) -> None:
 
 
 def _check_sizes(name: str, index: int, values: list[Any]) -> None:
-    """Constant size lists (``zeros([2**17, 2**17])``) are capped like stored constants."""
+    """Constant size lists (``zeros([2**17, 2**17])``) and constant step counts
+    (``linspace(0, 1, 2**40)``) are capped like stored constants."""
+    if name == "aten.linspace.default" and len(values) >= 3 and isinstance(values[2], int) \
+            and values[2] > MAX_CONSTANT_ELEMENTS:
+        raise GraphFormatError(f"graph node {index} ({name}) names {values[2]} steps, more than "
+                               f"{MAX_CONSTANT_ELEMENTS}")
     for value in values:
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
             count = 1

@@ -17,7 +17,7 @@ from torch.nn.modules import module as _module_mod
 from torch.utils import _pytree
 
 __all__ = ["eval_mode", "seeded_run", "inputs_like", "first_difference", "quiet", "batch_of_two", "unwrap_hook",
-           "MAX_COMPARE_DEPTH"]
+           "resized", "other_sizes", "MAX_COMPARE_DEPTH"]
 
 # The loggers (and warning sources) of torch and its ONNX exporter: quiet() silences these only.
 TORCH_LOGGERS = ("torch", "onnxscript", "onnx_ir")
@@ -85,12 +85,66 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def seeded_run(model: nn.Module, inputs: tuple, seed: int) -> Any:
-    """``model(*inputs)`` in eval mode without autograd, with torch's RNG seeded by ``seed``
-    and the caller's RNG state restored afterwards."""
+def seeded_run(model: nn.Module, inputs: tuple, seed: int, kwargs: dict[str, Any] | None = None) -> Any:
+    """``model(*inputs, **kwargs)`` in eval mode without autograd, with torch's RNG seeded by
+    ``seed`` and the caller's RNG state restored afterwards."""
     with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
         torch.manual_seed(seed)
-        return model(*inputs)
+        return model(*inputs, **(kwargs or {}))
+
+
+def resized(value: Tensor, dim: int, size: int) -> Tensor:
+    """``value`` with dimension ``dim`` cut or tiled to ``size`` (values repeat, so token ids
+    stay valid)."""
+    n = value.shape[dim]
+    if size <= n:
+        return value.narrow(dim, 0, size).clone()
+    return torch.cat([value] * -(-size // n), dim).narrow(dim, 0, size).clone()
+
+
+def _other(size: int, spatial: bool) -> int:
+    if spatial:  # a multiple of 32 stays one, for the strided convnets that need it
+        return size - 32 if size >= 96 else size * 2  # large images shrink: the check then costs less
+    return size + 3
+
+
+def other_sizes(example: tuple) -> list[tuple[tuple, str]]:
+    """Inputs like ``example`` whose non-batch sizes differ, most likely first, each with a
+    description: sequences (rank 2 and 3, dimension 1) grow by 3; images and volumes (rank 4
+    and 5) change every spatial dimension (-32 from 96 up, else x2); for rank 3, also the
+    last dimension (``(batch, channels, length)``). Every tensor of a rank changes alike, so
+    token ids and their attention mask stay aligned. Empty if no tensor has such a dimension."""
+    tensors = [v for v in _pytree.tree_leaves(example) if isinstance(v, Tensor)]
+    plans: list[dict[int, list[int]]] = []
+    ranks = {t.dim() for t in tensors}
+    first = {r: ([1] if r in (2, 3) else list(range(2, r)) if r in (4, 5) else []) for r in ranks}
+    plans.append(first)
+    if 3 in ranks:
+        plans.append({**first, 3: [2]})
+    variants: list[tuple[tuple, str]] = []
+    for plan in plans:
+        changes: list[str] = []
+        count = [0]
+
+        def grow(value: Any, plan: dict[int, list[int]] = plan, changes: list[str] = changes,
+                 count: list[int] = count) -> Any:
+            if not isinstance(value, Tensor):
+                return value
+            index = count[0]
+            count[0] += 1
+            dims = [d for d in plan.get(value.dim(), []) if value.shape[d] > 0]
+            if not dims:
+                return value
+            before = list(value.shape)
+            for d in dims:
+                value = resized(value, d, _other(value.shape[d], value.dim() >= 4))
+            changes.append(f"input {index} {before} -> {list(value.shape)}")
+            return value
+
+        grown = _pytree.tree_map(grow, example)
+        if changes and all(v[1] != "; ".join(changes) for v in variants):
+            variants.append((tuple(grown), "; ".join(changes)))
+    return variants
 
 
 def inputs_like(example: Any, seed: int) -> Any:

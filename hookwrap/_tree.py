@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Spec", "TreeError", "flatten", "unflatten", "parse", "MAX_DEPTH", "MAX_NODES"]
+__all__ = ["Spec", "TreeError", "flatten", "unflatten", "parse", "leaf_paths", "MAX_DEPTH", "MAX_NODES"]
 
 MAX_DEPTH = 32
 MAX_NODES = 10_000
@@ -167,6 +167,25 @@ def _build(it: Any, spec: Spec, like: Any) -> Any:
         cls: Any = type(like)
         return cls._make(items)
     return tuple(items)
+
+
+def leaf_paths(spec: Spec, names: tuple[str, ...] = ()) -> list[str]:
+    """A readable path for every leaf of ``spec``, in order: ``output``, ``args[0]``,
+    ``kwargs['hidden_states']``. ``names`` name the children of the top node (for a hook's
+    ``(args, output)``); without them the top node is ``input``."""
+
+    def walk(node: Spec, prefix: str) -> list[str]:
+        if node.kind == "leaf":
+            return [prefix]
+        out: list[str] = []
+        keys = node.keys if node.kind in ("dict", "namedtuple") else range(len(node.children))
+        for key, child in zip(keys, node.children):
+            out += walk(child, f"{prefix}.{key}" if node.kind == "namedtuple" else f"{prefix}[{key!r}]")
+        return out
+
+    if names and spec.kind in ("tuple", "list") and len(names) == len(spec.children):
+        return [p for name, child in zip(names, spec.children) for p in walk(child, name)]
+    return walk(spec, "input")
 
 
 def parse(data: Any) -> Spec:

@@ -18,11 +18,14 @@ The steps, for each hooked call site:
    shift, clamp, ``x + randn_like(x) * std``), it becomes the matching plain module,
    with ``always=True`` when a dropout's ``training`` argument is ``True`` in eval mode
    too (the seed's ``F.dropout2d(out, p, True, False)``).
-4. **Capture.** Otherwise the body is exported with ``torch.export`` (non-strict, batch
-   dimension dynamic) into a :class:`~hookwrap.wrappers.CapturedHook`.
+4. **Capture.** Otherwise the body is exported with ``torch.export`` (non-strict, every
+   dimension of every input symbolic) into a :class:`~hookwrap.wrappers.CapturedHook`.
+   The sizes export specialised are recorded in it, and a call at another size is
+   refused by name.
 5. **Validate.** The wrapper is run against the hook on every recorded call, under the
-   same RNG seed, in eval and train mode (and, for captured graphs, at another batch
-   size). Any difference is a blocker: hookwrap never guesses.
+   same RNG seed, in eval and train mode; a captured graph also at other sizes of each
+   symbolic dimension (the size at capture + 3, and 1). Any difference is a blocker:
+   hookwrap never guesses.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from torch.utils import _pytree
 
 from . import _tree
 from . import wrappers as W
-from ._torch import batch_of_two, quiet, seeded_run, unwrap_hook
+from ._torch import batch_of_two, quiet, resized, seeded_run, unwrap_hook
 from .errors import InvalidArgumentError
 from .inventory import HookInfo
 from .report import Plan
@@ -324,7 +327,7 @@ def _host_mode(site: Site, wrapper: W.Wrapper | None, training: bool) -> Iterato
             m.training = mode
 
 
-def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call], *, batch_check: bool, batch: int | None) -> str | None:
+def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call]) -> str | None:
     """None if ``wrapper`` reproduces the hook on every recorded call, else why not."""
     for call in calls:
         for training in (False, True):
@@ -337,16 +340,74 @@ def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call], *, batch_check:
             if diff is not None:
                 mode = "train" if training else "eval"
                 return f"the converted module does not reproduce the hook in {mode} mode ({diff})"
-    if batch_check and batch is not None and calls and calls[0].inputs is not None:
-        grown = _grow_batch(calls[0].inputs, batch)
-        if grown is not None:
-            ran = _both(site, wrapper, functools.partial(_clone_tree, grown), False)
-            if isinstance(ran, str):
-                return f"the captured graph fails at batch size {batch + 1}: {ran}"
-            diff = _same(*ran) if ran is not None else None  # None: the hook only works at the recorded batch
-            if diff is not None:
-                return f"the captured graph does not generalise to batch size {batch + 1} ({diff})"
     return None
+
+
+def _generalise(site: Site, wrapper: W.CapturedHook, call: Call) -> str | None:
+    """Check a captured graph against the hook at other sizes of each symbolic dimension:
+    the size at capture + 3, and 1. A graph that differs where the hook works is a blocker
+    at the larger size; at size 1 (export assumes symbolic sizes are at least 2) the
+    symbol's range keeps 2 as its minimum, so that a call at 1 is refused by name. Sizes
+    at which the hook itself fails are not the graph's concern."""
+    leaves, spec = _tree.flatten(call.inputs)
+    slots = [i for i, v in enumerate(wrapper.in_template) if v == W.TENSOR]
+    for name, rng in wrapper.symbols.items():
+        where = [(slots[k], d) for k, row in enumerate(wrapper.input_dims or []) for d, v in enumerate(row)
+                 if v == name]
+        n = rng["captured"]
+        if not where or n < 1:
+            continue
+        bigger = n + 3
+        if rng["max"] is None or bigger <= rng["max"]:
+            diff = _at_size(site, wrapper, leaves, spec, call.inputs, where, bigger)
+            if diff is not None:
+                label = wrapper._input_labels[slots.index(where[0][0])]
+                return (f"the captured graph does not generalise: with dim {where[0][1]} of {label} at {bigger} "
+                        f"instead of {n}, {diff}")
+        if n != 1 and rng["min"] <= 2:
+            low = rng["min"]
+            rng["min"] = 1
+            if _at_size(site, wrapper, leaves, spec, call.inputs, where, 1) is not None:
+                rng["min"] = max(low, 2)
+    return None
+
+
+def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
+    """True if a recognised module computes what the hook does with each dimension of the
+    tensor it transforms 3 larger (recognition reads one trace, which cannot see a hook
+    that branches on a size), wherever the hook itself runs there."""
+    inputs = call.inputs
+    try:
+        primary = _primary(site, inputs)
+    except _NoMatch:
+        return True
+    for dim in range(primary.dim()):
+        size = primary.shape[dim] + 3
+        grown = list(inputs)
+        where = -1 if site.position == "post" else 0
+        grown[where] = W.map_primary(grown[where], functools.partial(resized, dim=dim, size=size))
+        for training in (False, True):
+            ran = _both(site, wrapper, functools.partial(_clone_tree, tuple(grown)), training)
+            if isinstance(ran, str) or (ran is not None and _same(*ran) is not None):
+                return False
+    return True
+
+
+def _at_size(site: Site, wrapper: W.CapturedHook, leaves: list, spec: Any, like: Any,
+             where: list[tuple[int, int]], size: int) -> str | None:
+    """None if the wrapper matches the hook with the dimensions ``where`` set to ``size``
+    (or if the hook itself fails there), else what differs."""
+    grown = list(leaves)
+    for slot, dim in where:
+        grown[slot] = resized(grown[slot], dim, size)
+    variant = _tree.unflatten(grown, spec, like=like)
+    ran = _both(site, wrapper, functools.partial(_clone_tree, variant), False)
+    if ran is None:
+        return None
+    if isinstance(ran, str):
+        return f"the graph fails ({ran})"
+    diff = _same(*ran)
+    return None if diff is None else f"the graph gives another result ({diff})"
 
 
 def _both(site: Site, wrapper: W.Wrapper, inputs: Callable[[], Any], training: bool) -> tuple[Any, Any] | str | None:
@@ -364,20 +425,6 @@ def _both(site: Site, wrapper: W.Wrapper, inputs: Callable[[], Any], training: b
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
     return got, expected
-
-
-def _grow_batch(inputs: tuple, batch: int) -> tuple | None:
-    grew = False
-
-    def grow(v: Any) -> Any:
-        nonlocal grew
-        if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch:
-            grew = True
-            return torch.cat([v, v[:1]], dim=0)
-        return v
-
-    out = _pytree.tree_map(grow, inputs)
-    return out if grew else None
 
 
 # --------------------------------------------------------------------------------------
@@ -783,7 +830,7 @@ def _zero_fill_empties(graph: Any) -> None:
             node.target = _ZERO_FILLED[node.target]
 
 
-def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str], list[Tensor]]:
+def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str], list[Tensor], list[int]]:
     """The exported graph's inputs: the user tensors it reads (an unread one is passed
     along instead, and ``template`` says so), the host module's tensors it reads, and its
     constants. Anything else (a parameter that is not the host's, a mutation) is refused."""
@@ -794,12 +841,14 @@ def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str],
     user, host, consts = [], [], []
     const_values: list[Tensor] = []
     host_names: list[str] = []
+    user_slots: list[int] = []
     tensor_slots = iter([i for i, v in enumerate(template) if v == W.TENSOR])
     for node, spec in zip(placeholders, sig.input_specs):
         if spec.kind == InputKind.USER_INPUT:
             slot = next(tensor_slots)
             if node.users:
                 user.append(node)
+                user_slots.append(slot)
             else:
                 template[slot] = W.OPAQUE
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
@@ -817,7 +866,130 @@ def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str],
     for spec in sig.output_specs:
         if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
             raise _CaptureError(f"it modifies {spec.target} of its module in place (a side effect)")
-    return user, host, consts, host_names, const_values
+    return user, host, consts, host_names, const_values, user_slots
+
+
+def _shape_contract(ep: Any, user: list, recorded: list[Tensor]) -> tuple[list[list[int | str | None]], dict]:
+    """What sizes the exported graph accepts: for each graph input (``user``, recorded at
+    ``recorded``), every dimension as the size export specialised it to (an int), a symbol
+    (``d0``, ``d1``...: dimensions with one symbol must agree), or None for a size export
+    derived from others. Symbols carry export's range and their size at capture."""
+    import sympy
+
+    names: dict[Any, str] = {}
+    captured: dict[str, int] = {}
+    dims: list[list[int | str | None]] = []
+    for node, value in zip(user, recorded):
+        row: list[int | str | None] = []
+        for d, size in enumerate(node.meta["val"].shape):
+            expr = size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
+            if expr.is_Integer:
+                row.append(int(expr))
+            elif expr.is_Symbol:
+                name = names.setdefault(expr, f"d{len(names)}")
+                captured.setdefault(name, int(value.shape[d]))
+                row.append(name)
+            else:
+                row.append(None)
+        dims.append(row)
+    symbols: dict[str, dict[str, Any]] = {}
+    for expr, name in names.items():
+        rng = ep.range_constraints.get(expr)
+        low = _finite_int(rng.lower) if rng is not None else None
+        high = _finite_int(rng.upper) if rng is not None else None
+        # not above the size at capture: a batch of 1 is traced as 2 (see batch_of_two), and the
+        # recorded calls, at the size at capture, are checked against the hook
+        symbols[name] = {"min": min(max(low or 0, 0), captured[name]), "max": high, "captured": captured[name]}
+    return dims, symbols
+
+
+def _finite_int(value: Any) -> int | None:
+    """A bound of export's value ranges as an int, or None where it is unbounded."""
+    if not getattr(value, "is_Integer", isinstance(value, int)):
+        return None  # sympy's oo and torch's int_oo
+    number = int(value)
+    return number if abs(number) < 2**40 else None
+
+
+# Ops whose size argument aten types as ``int``, not ``SymInt``: tracing them with a symbolic
+# size would specialise it. During capture they are traced as a twin taking a SymInt, and
+# the twin is renamed back to the aten op in the graph, which then computes the size at run
+# time (the same kernel, so the same bits).
+_SIZE_TWINS: dict[Any, Any] = {}
+_TWIN_LIBRARY: Any = None
+
+
+def _size_twins() -> dict[Any, Any]:
+    """``{twin op: aten op}``, defined once per process in the ``hookwrap`` op namespace."""
+    global _TWIN_LIBRARY
+    if not _SIZE_TWINS:
+        lib = torch.library.Library("hookwrap", "FRAGMENT")
+        lib.define("linspace(Scalar start, Scalar end, SymInt steps, *, ScalarType? dtype=None, Layout? layout=None, "
+                   "Device? device=None, bool? pin_memory=None) -> Tensor")
+
+        def run(start: Any, end: Any, steps: Any, **kwargs: Any) -> Tensor:
+            return torch.ops.aten.linspace.default(start, end, int(steps), **kwargs)
+
+        def fake(start: Any, end: Any, steps: Any, *, dtype: Any = None, layout: Any = None, device: Any = None,
+                 pin_memory: Any = None) -> Tensor:
+            return torch.empty(steps, dtype=dtype or torch.get_default_dtype(), device=device)
+
+        lib.impl("linspace", run, "CompositeExplicitAutograd")
+        torch.library.register_fake("hookwrap::linspace", fake, lib=lib)
+        _TWIN_LIBRARY = lib
+        _SIZE_TWINS[torch.ops.hookwrap.linspace.default] = torch.ops.aten.linspace.default
+    return _SIZE_TWINS
+
+
+class _SymbolicSizes(TorchFunctionMode):
+    """Routes ``torch.linspace`` with a symbolic step count to its SymInt twin while export traces."""
+
+    _NAMES = ("start", "end", "steps")
+    _OPTIONS = frozenset({"dtype", "layout", "device", "pin_memory"})
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.linspace and len(args) <= 3:
+            bound = {**dict(zip(self._NAMES, args)), **{k: v for k, v in kwargs.items() if k in self._NAMES}}
+            rest = {k: v for k, v in kwargs.items() if k not in self._NAMES}
+            if len(bound) == 3 and set(rest) <= self._OPTIONS and isinstance(bound["steps"], torch.SymInt) \
+                    and all(isinstance(bound[k], (int, float)) for k in ("start", "end")):
+                return torch.ops.hookwrap.linspace.default(bound["start"], bound["end"], bound["steps"], **rest)
+        return func(*args, **kwargs)
+
+
+def _untwin(graph: Any) -> None:
+    twins = _size_twins()
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in twins:
+            node.target = twins[node.target]
+
+
+def _export(callee: nn.Module, example: list[Tensor]) -> Any:
+    """``torch.export`` of ``callee`` with every dimension of every input symbolic (export
+    specialises the ones the hook fixes); if that fails, with only the batch dimension
+    symbolic, which an older torch needed for some hooks. Functionalised if it mutates."""
+    from torch.export import Dim, export
+
+    _size_twins()
+    every = [{d: Dim.AUTO for d in range(t.dim())} if t.dim() >= 1 else None for t in example]
+    batch = [{0: Dim.AUTO} if t.dim() >= 1 else None for t in example]
+    first: BaseException | None = None
+    for dynamic in (every, batch):
+        try:
+            with quiet():
+                with _SymbolicSizes():
+                    ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
+                if any(_is_mutating(n.target) for n in ep.graph.nodes if n.op == "call_function"):
+                    ep = ep.run_decompositions({})  # functional ops only: no write to any tensor
+            _untwin(ep.graph)
+            return ep
+        except _CaptureError:
+            raise
+        except Exception as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
@@ -828,7 +1000,6 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
     only, and at run time those inputs may be anything. Tensor inputs the graph never uses
     are passed along the same way. With ``bake_plain``, plain values are fixed in the graph
     and checked at run time."""
-    from torch.export import Dim, export
     from torch.export.graph_signature import OutputKind
 
     from ._graph import GraphFormatError, encode
@@ -844,13 +1015,10 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
         raise _CaptureError(f"its inputs or results cannot be stored: {exc}") from None
     template = _leaf_template(leaves, bake_plain=bake_plain)
     example = batch_of_two([v for v in leaves if isinstance(v, Tensor)])
-    dynamic = [{0: Dim.AUTO} if t.dim() >= 1 else None for t in example]
     callee = _Callee(site, in_spec, template)
     try:
-        with _host_mode(site, None, False), quiet():
-            ep = export(callee, (example,), dynamic_shapes=(dynamic,), strict=False)
-            if any(_is_mutating(n.target) for n in ep.graph.nodes if n.op == "call_function"):
-                ep = ep.run_decompositions({})  # functional ops only: no write to any tensor
+        with _host_mode(site, None, False):
+            ep = _export(callee, example)
     except _CaptureError:
         raise
     except Exception as exc:
@@ -862,7 +1030,8 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
         raise _CaptureError(_explain_export_error(exc)) from None
     _zero_fill_empties(ep.graph)
 
-    user, host, consts, host_names, const_values = _graph_inputs(ep, template)
+    user, host, consts, host_names, const_values, user_slots = _graph_inputs(ep, template)
+    input_dims, symbols = _shape_contract(ep, user, [leaves[i] for i in user_slots])
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
     user_outputs = [value for value, spec in zip(output_node.args[0], ep.graph_signature.output_specs)
                     if spec.kind == OutputKind.USER_OUTPUT]
@@ -879,7 +1048,7 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
             host_tensors=host_names,
             constants={f"c{i}": {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                        for i, v in enumerate(const_values)},
-            name=site.info.name,
+            name=site.info.name, input_dims=input_dims, symbols=symbols,
         )
     except InvalidArgumentError as exc:
         raise _CaptureError(f"its captured graph cannot be stored: {exc}") from None
@@ -899,7 +1068,7 @@ _FIX_REWRITE = (
 )
 
 
-def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> Outcome:
+def convert_site(site: Site, calls: list[Call] | None) -> Outcome:
     """Decide what a forward hook becomes: a wrapper (``CONVERT``), nothing (``STRIP``: an
     observer, or a hook with no effect) or a blocker (``UNSUPPORTED``)."""
     if calls is None:
@@ -918,8 +1087,8 @@ def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> 
     recognition = _recognise(site, first)
     if recognition.no_effect and _validate_noop(site, recorded):
         return Outcome(Plan.STRIP, "has no effect on outputs in train or eval mode", calls=n)
-    if recognition.wrapper is not None and _validate(site, recognition.wrapper, recorded, batch_check=False,
-                                                    batch=batch) is None:
+    if recognition.wrapper is not None and _validate(site, recognition.wrapper, recorded) is None \
+            and _sizes_agree(site, recognition.wrapper, first):
         return Outcome(Plan.CONVERT, f"recognised as {_describe(recognition.wrapper)}", recognition.wrapper, calls=n)
     if _mode_dependent(site, first):
         return Outcome(Plan.UNSUPPORTED, "it runs different operations in train and eval mode; a captured graph "
@@ -932,14 +1101,43 @@ def convert_site(site: Site, calls: list[Call] | None, *, batch: int | None) -> 
         except _CaptureError as exc:
             problem = str(exc)
             continue
-        problem = _validate(site, captured, recorded, batch_check=True, batch=batch) or ""
+        problem = _validate(site, captured, recorded) or _generalise(site, captured, first) or ""
         if not problem:
             break
     if problem:
         return Outcome(Plan.UNSUPPORTED, f"{problem}.", fix=_FIX_REWRITE, calls=n)
+    captured.open_kwargs = site.with_kwargs and _passes_other_kwargs(site, first)
     ops = len(captured.config()["graph"]["nodes"])
     return Outcome(Plan.CONVERT, f"captured with torch.export as CapturedHook ({ops} ops){recognition.note}",
                    captured, calls=n)
+
+
+class _OtherKwarg:
+    """A keyword argument the hook was not captured with (see :func:`_passes_other_kwargs`)."""
+
+
+def _passes_other_kwargs(site: Site, call: Call) -> bool:
+    """True if the ``with_kwargs`` hook, given one more keyword argument than it was recorded
+    with, computes the same and (a pre-hook) passes that argument on untouched: libraries
+    forward call options such as ``output_hidden_states`` to their layers as keywords."""
+    key, extra = "hookwrap_other_kwarg", _OtherKwarg()
+    results = []
+    for add in (False, True):
+        inputs = list(_fresh(call))
+        if add:
+            inputs[1] = {**inputs[1], key: extra}
+        with _host_mode(site, None, False), torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(_SEED)
+            try:
+                results.append(_run_hook(site, tuple(inputs)))
+            except Exception:
+                return False
+    plain, got = results
+    if site.position == "post":
+        return _same(got, plain) is None
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], dict) and got[1].get(key) is extra):
+        return False
+    return _same((got[0], {k: v for k, v in got[1].items() if k != key}), plain) is None
 
 
 def _classify_calls(calls: list[Call]) -> Outcome | None:

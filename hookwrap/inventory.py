@@ -46,6 +46,7 @@ __all__ = [
     "origin_of",
     "name_of",
     "forward_hooks",
+    "serves_call_options",
 ]
 
 KINDS = (
@@ -122,6 +123,13 @@ class HookInfo:
     def is_forward(self) -> bool:
         """True for hooks that run on the forward path (and so change outputs)."""
         return self.kind in FORWARD_KINDS
+
+    @property
+    def is_model_machinery(self) -> bool:
+        """True for a forward hook that the model's own library installed to serve a call
+        option (transformers' output capturing): it stays where it is, and a model that
+        carries it saves, loads and converts like one without hooks."""
+        return self.kind in FORWARD_KINDS and self.path != GLOBAL_PATH and self.plan is Plan.KEEP
 
     def container(self) -> dict:
         """The dictionary PyTorch keeps this hook in."""
@@ -279,6 +287,19 @@ def _picklable(hook: Any, cache: dict[tuple[int, int], bool]) -> bool:
 
 CAPTURE_REASON = "captured from example_inputs (hw.inventory(model, example_inputs) tells the outcome)"
 
+CALL_OPTION_REASON = (
+    "transformers' output-capturing hook: it collects hidden states and attentions when the model is called "
+    "with output_hidden_states=True or output_attentions=True, and does nothing otherwise. It is the model's own "
+    "machinery (transformers installs it again on a loaded model), so it stays")
+
+
+def serves_call_options(hook: Any) -> bool:
+    """True for a hook a library installs to serve call options of the model's own forward:
+    transformers' output-capturing hooks (``transformers.utils.output_capturing``)."""
+    target = unwrap_hook(hook)
+    module_name = getattr(target, "__module__", None) or ""
+    return module_name.startswith("transformers.") and getattr(target, "__name__", "") == "output_capturing_hook"
+
 
 GLOBAL_REASON = ("global hook: it belongs to the process, not to the model, and stays registered; "
                  "convert(..., global_hooks='convert') turns it into wrappers and removes it from the process")
@@ -315,6 +336,8 @@ def _forward_plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[Plan, 
         return Plan.BAKE, baked[origin]
     if origin == "quantization":
         return Plan.STRIP, "quantization observer: removed"
+    if serves_call_options(target):
+        return Plan.KEEP, CALL_OPTION_REASON
     return Plan.CONVERT, CAPTURE_REASON
 
 
@@ -332,12 +355,13 @@ def _flags(kind: str, hook_id: int, owner: Any) -> tuple[bool, bool]:
 
 
 def forward_hooks(model: nn.Module) -> list[HookInfo]:
-    """The forward-path hooks that would run on ``model`` (a fast check first)."""
+    """The forward-path hooks that would run on ``model`` and change what it computes: all
+    but the model's own machinery (:attr:`HookInfo.is_model_machinery`). A fast check first."""
     if not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks) and not any(
         m._forward_hooks or m._forward_pre_hooks for m in model.modules()
     ):
         return []
-    return [h for h in list_hooks(model) if h.kind in FORWARD_KINDS]
+    return [h for h in list_hooks(model) if h.kind in FORWARD_KINDS and not h.is_model_machinery]
 
 
 def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:

@@ -19,9 +19,11 @@ hookwrap reserves the tensor-key prefix ``__hookwrap__.`` and currently writes n
 under it: captured graphs are JSON inside the manifest, and their constants are ordinary
 ``state_dict`` tensors of their ``CapturedHook`` (``<host>.hookwrap_post.<i>.c<j>``).
 
-Manifest schema (``format_version`` 2; version 1, without ``digests``, is still read)::
+Manifest schema (``format_version`` 3; versions 1, without ``digests``, and 2, whose
+captured graphs carry no ``input_dims`` and keep only the batch dimension symbolic, are
+still read)::
 
-    {"format": "hookwrap", "format_version": 2,
+    {"format": "hookwrap", "format_version": 3,
      "hookwrap_version": "0.1.0", "torch_version": "2.14.1", "model": "VGG",
      "wrappers": {"features.0": {"module": "Conv2d",
                                  "pre": [], "post": [{"type": "Dropout2d", "config": {...}}]}},
@@ -73,8 +75,8 @@ from .report import Action, ConversionReport, attach_report, conversion_report
 __all__ = ["save", "load", "load_weights", "read_manifest", "verify", "VerifyResult", "manifest_digest",
            "tensor_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_KEY = "hookwrap"
 MARKER_KEY = "hookwrap.format"
 DIGEST_KEY = "hookwrap.digest"
@@ -658,7 +660,7 @@ def _base_module(base: nn.Module | Callable[[], nn.Module]) -> nn.Module:
 def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str) -> None:
     """Build every wrapper the manifest names (already checked by ``_check_wrapper_specs``)
     and install them; each module is checked before any is changed."""
-    plan: list[tuple[nn.Module, list[W.Wrapper], list[W.Wrapper]]] = []
+    plan: list[tuple[str, nn.Module, list[W.Wrapper], list[W.Wrapper]]] = []
     for path in sorted(wrappers, key=lambda p: (p.count(".") + (p != ""), p)):
         entry = wrappers[path]
         try:
@@ -688,9 +690,9 @@ def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str
                     raise ManifestError(f"{name}: wrapper {where} cannot be built "
                                         f"({type(exc).__name__}: {exc})", key=where) from None
             built[side] = items
-        plan.append((module, built["pre"], built["post"]))
-    for module, pre, post in plan:
-        W.install(module, pre, post)
+        plan.append((path, module, built["pre"], built["post"]))
+    for path, module, pre, post in plan:
+        W.install(module, pre, post, path=path)
 
 
 def _shared_groups(state: dict[str, torch.Tensor]) -> list[set[str]]:

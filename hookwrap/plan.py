@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from torch import Tensor, nn
-from torch.utils import _pytree
 
 from . import wrappers as W
 from ._torch import unwrap_hook
@@ -124,9 +123,8 @@ def plan_conversion(model: nn.Module, example_inputs: tuple | None, *,
         except Exception as exc:
             raise HookwrapError(f"running example_inputs through {type(model).__name__} failed "
                                 f"({type(exc).__name__}: {exc}); pass inputs the model accepts") from exc
-    batch = _batch_size(example_inputs)
     for info in listed:
-        plan.decisions += _decide(info, model, modules, calls, batch, global_hooks)
+        plan.decisions += _decide(info, model, modules, calls, global_hooks)
     return plan
 
 
@@ -150,34 +148,26 @@ def _sites_to_record(listed: Inventory, modules: dict[str, nn.Module], model: nn
     return sites
 
 
-def _batch_size(example_inputs: tuple | None) -> int | None:
-    for leaf in _pytree.tree_leaves(example_inputs or ()):
-        if isinstance(leaf, Tensor) and leaf.dim() >= 1:
-            return int(leaf.shape[0])
-    return None
-
-
 def _decide(info: HookInfo, model: nn.Module, modules: dict[str, nn.Module],
-            calls: dict[tuple[str, str, int], list[Call]] | None, batch: int | None,
-            global_hooks: GlobalHooks) -> list[Decision]:
+            calls: dict[tuple[str, str, int], list[Call]] | None, global_hooks: GlobalHooks) -> list[Decision]:
     if info.path == GLOBAL_PATH and global_hooks == "convert":
         if info.kind not in FORWARD_KINDS:
             return [Decision(info, info.path, Plan.STRIP, "global gradient hook: removed from the process")]
-        return [_decide_forward(info, path, host, calls, batch) for path, host in _global_hosts(model, info, calls)]
+        return [_decide_forward(info, path, host, calls) for path, host in _global_hosts(model, info, calls)]
     if info.kind not in FORWARD_KINDS or info.plan is not Plan.CONVERT:
         fix = "remove the hook, or script the module after hooking" if info.plan is Plan.UNSUPPORTED else ""
         return [Decision(info, info.path, info.plan, info.reason, fix=fix)]
-    return [_decide_forward(info, info.path, modules[info.path], calls, batch)]
+    return [_decide_forward(info, info.path, modules[info.path], calls)]
 
 
 def _decide_forward(info: HookInfo, path: str, host: nn.Module,
-                    calls: dict[tuple[str, str, int], list[Call]] | None, batch: int | None) -> Decision:
+                    calls: dict[tuple[str, str, int], list[Call]] | None) -> Decision:
     known = _known_wrapper(info, host)
     if known is not None:
         return Decision(info, path, known[0], known[1], known[2], host, known[3])
     site = Site(info, path, host, "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post",
                 info.with_kwargs)
-    outcome = convert_site(site, None if calls is None else calls.get(site.key, []), batch=batch)
+    outcome = convert_site(site, None if calls is None else calls.get(site.key, []))
     return Decision(info, path, outcome.plan, outcome.detail, outcome.wrapper, host, outcome.fix)
 
 

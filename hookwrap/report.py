@@ -18,7 +18,7 @@ from torch import nn
 
 from ._fs import write_json
 
-__all__ = ["Plan", "Action", "ConversionReport", "conversion_report", "REPORT_ATTR", "ItemList"]
+__all__ = ["Plan", "Action", "Check", "ConversionReport", "conversion_report", "REPORT_ATTR", "ItemList"]
 
 REPORT_ATTR = "hookwrap_report"
 ActionName = Literal["converted", "baked", "stripped", "kept"]
@@ -67,6 +67,21 @@ class Action:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Check:
+    """One run of convert's end-to-end check: ``what`` was run (the example inputs, a second
+    input, other sizes, a call option, generation) and its ``status``: ``passed`` (the
+    converted model computed exactly what the hooked model did) or ``skipped`` (the hooked
+    model itself refused it; ``detail`` says how)."""
+
+    what: str
+    status: Literal["passed", "skipped"]
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 T = TypeVar("T")
 
 
@@ -98,17 +113,20 @@ class ItemList(Sequence[T], Generic[T]):
 class ConversionReport(ItemList[Action]):
     """A sequence of :class:`Action`, one per hook, in inventory order."""
 
-    def __init__(self, actions: Sequence[Action], *, missing_keys: Sequence[str] = ()) -> None:
+    def __init__(self, actions: Sequence[Action], *, missing_keys: Sequence[str] = (),
+                 checks: Sequence[Check] = ()) -> None:
         super().__init__(actions)
         # what hw.load(..., strict=False) did not find in the file (the base kept those tensors)
         self.missing_keys = tuple(missing_keys)
+        # what convert's end-to-end check ran, passed and skipped
+        self.checks = tuple(checks)
 
     @property
     def actions(self) -> list[Action]:
         return self._items
 
     def __add__(self, other: ConversionReport) -> ConversionReport:
-        return ConversionReport(self.actions + list(other))
+        return ConversionReport(self.actions + list(other), checks=self.checks + other.checks)
 
     def of(self, action: ActionName) -> list[Action]:
         return [a for a in self.actions if a.action == action]
@@ -118,7 +136,7 @@ class ConversionReport(ItemList[Action]):
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts(), "actions": [a.to_dict() for a in self.actions],
-                "missing_keys": list(self.missing_keys)}
+                "missing_keys": list(self.missing_keys), "checks": [c.to_dict() for c in self.checks]}
 
     def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
         """The report as JSON; also written to ``path`` if given."""
@@ -139,6 +157,9 @@ class ConversionReport(ItemList[Action]):
         lines = [self.summary()]
         for a in self.actions:
             lines.append(f"  {a.path or '<root>'} [{a.kind}] {a.name}: {a.action} {a.detail}")
+        if self.checks:
+            lines.append("end-to-end check:")
+            lines += [f"  {c.status}: {c.what}" + (f" ({c.detail})" if c.detail else "") for c in self.checks]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -156,8 +177,10 @@ def conversion_report(model: nn.Module) -> ConversionReport | None:
     return report if isinstance(report, ConversionReport) else None
 
 
-def attach_report(model: nn.Module, actions: list[Action], *, missing_keys: Sequence[str] = ()) -> ConversionReport:
+def attach_report(model: nn.Module, actions: list[Action], *, missing_keys: Sequence[str] = (),
+                  checks: Sequence[Check] = ()) -> ConversionReport:
     previous = conversion_report(model)
-    report = ConversionReport((list(previous) if previous else []) + actions, missing_keys=missing_keys)
+    report = ConversionReport((list(previous) if previous else []) + actions, missing_keys=missing_keys,
+                              checks=checks)
     model.__dict__[REPORT_ATTR] = report
     return report

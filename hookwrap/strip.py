@@ -131,6 +131,9 @@ def _strip_in_place(model: nn.Module, *, bake: bool, where: Where | None, kinds:
     for info in selected:
         if id(info.hook) in baked_ids:
             continue
+        if info.is_model_machinery:
+            actions.append(Action(info.path, info.kind, info.name, info.origin, "kept", info.reason))
+            continue
         if info.hook_id not in info.container():  # removed along with a baked hook
             actions.append(Action(info.path, info.kind, info.name, info.origin, "stripped",
                                   "removed together with the weight transform it belongs to"))
@@ -165,7 +168,9 @@ def strip(
         kinds: only strip these kinds (see ``hookwrap.inventory.KINDS``).
 
     Global hooks are process-wide: with ``where=None`` they are removed from the process
-    (they would still change the returned model otherwise).
+    (they would still change the returned model otherwise). Hooks that are the model's own
+    machinery (transformers' output capturing, which serves ``output_hidden_states``) stay,
+    and the report says so.
 
     Returns:
         The stripped model (``model`` itself when ``inplace``). What happened to each hook
@@ -201,6 +206,7 @@ def stripped(
     in the same order (same ids, so existing handles keep working).
 
     Nothing is baked. Hooks registered inside the block stay, after the restored ones.
+    The model's own machinery (transformers' output capturing) stays in place throughout.
 
     Args:
         model: the model.
@@ -213,7 +219,8 @@ def stripped(
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"stripped needs an nn.Module, got {type(model).__name__}")
-    with without_hooks(select_hooks(model, where=where, kinds=kinds)):
+    chosen = [h for h in select_hooks(model, where=where, kinds=kinds) if not h.is_model_machinery]
+    with without_hooks(chosen):
         yield model
 
 

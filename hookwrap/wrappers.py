@@ -2,8 +2,9 @@
 
 A wrapper is an ordinary :class:`torch.nn.Module`. :func:`hookwrap.convert` places
 wrappers on the module a hook was registered on (the *host*), in child lists named
-``hookwrap_pre`` and ``hookwrap_post``, and swaps the host's class for a subclass whose
-``forward`` runs them around the original ``forward``. The swap follows
+``hookwrap_pre`` and ``hookwrap_post``, and swaps the host's class for a subclass that
+runs them around the original ``forward`` (the pre wrappers where PyTorch runs forward
+pre-hooks, the post wrappers at the end of ``forward``). The swap follows
 ``torch.nn.utils.parametrize``: ``isinstance`` still holds, ``state_dict`` keys are
 unchanged (wrappers that own tensors add keys under ``<host>.hookwrap_pre.<i>.`` or
 ``<host>.hookwrap_post.<i>.``), ``print(model)`` shows the wrappers, and the model
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -44,6 +46,7 @@ __all__ = [
     "unregister_wrapper",
     "wrapper_type",
     "in_wrapper",
+    "label_wrappers",
 ]
 
 
@@ -626,6 +629,43 @@ def _check_template(template: Any, what: str, *, opaque_inputs: int | None = Non
     return template
 
 
+MAX_DIMS = 64
+MAX_SYMBOLS = 1024
+_SYMBOL = re.compile(r"^d[0-9]{1,6}$")
+
+
+def _small_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and low <= value < 2**40
+
+
+def _check_symbols(symbols: Any) -> dict[str, dict[str, Any]]:
+    """The symbolic sizes of a captured graph: ``{"d0": {"min": 1, "max": null, "captured": 8}}``."""
+    if symbols is None:
+        return {}
+    if not isinstance(symbols, dict) or len(symbols) > MAX_SYMBOLS:
+        raise InvalidArgumentError(f"CapturedHook symbols must be an object of at most {MAX_SYMBOLS} entries")
+    for key, rng in symbols.items():
+        if not isinstance(key, str) or not _SYMBOL.match(key) or not isinstance(rng, dict) \
+                or set(rng) != {"min", "max", "captured"} or not _small_int(rng["min"]) \
+                or not _small_int(rng["captured"]) or not (rng["max"] is None or _small_int(rng["max"], rng["min"])):
+            raise InvalidArgumentError(f"CapturedHook symbol {str(key)[:40]!r} needs integer min, max (or null) "
+                                       f"and captured sizes")
+    return {k: dict(v) for k, v in symbols.items()}
+
+
+def _check_dims(dims: Any, count: int, symbols: dict[str, Any]) -> list[list[int | str | None]] | None:
+    """One list per graph tensor input: a fixed size (int), a symbol, or null (not checked)."""
+    if dims is None:
+        return None
+    ok = isinstance(dims, list) and len(dims) == count and all(
+        isinstance(d, list) and len(d) <= MAX_DIMS and all(
+            v is None or _small_int(v) or (isinstance(v, str) and v in symbols) for v in d) for d in dims)
+    if not ok:
+        raise InvalidArgumentError(f"CapturedHook input_dims must list, for each of its {count} tensor inputs, "
+                                   f"sizes, declared symbols or null")
+    return [list(d) for d in dims]
+
+
 @_builtin
 class CapturedHook(Wrapper):
     """A hook whose body was captured with ``torch.export`` as an aten graph.
@@ -636,6 +676,18 @@ class CapturedHook(Wrapper):
     its own constants, which are buffers of this module (``c0``, ``c1``, ...: they appear
     in ``state_dict`` under ``<host>.hookwrap_post.<i>.c<j>``). Non-tensor inputs are
     fixed at the values seen during capture.
+
+    Sizes: ``input_dims`` gives, for each tensor input, every dimension as a fixed size
+    (the graph is specialised to it), a symbol of ``symbols`` (the graph works at any size
+    in the symbol's checked range; dimensions with one symbol must agree), or ``null``.
+    A call outside that is refused with a :class:`~hookwrap.HookwrapError` naming the
+    wrapper's path, the input, the dimension and the size at capture. Files written before
+    format 3 carry no ``input_dims``; their graphs keep only the batch dimension symbolic.
+
+    ``open_kwargs``: the hook (registered ``with_kwargs=True``) was seen to pass keyword
+    arguments it was not captured with along unread, so a call with more keyword
+    arguments than at capture (a call option a library forwards) runs the graph on the
+    captured ones and passes the others on.
 
     It pickles, deep-copies and saves as JSON plus tensors; no Python function of the
     original hook is kept.
@@ -657,6 +709,9 @@ class CapturedHook(Wrapper):
         host_tensors: Sequence[str] = (),
         constants: dict[str, dict[str, Any]] | None = None,
         name: str = "",
+        input_dims: list[list[int | str | None]] | None = None,
+        symbols: dict[str, dict[str, Any]] | None = None,
+        open_kwargs: bool = False,
     ) -> None:
         super().__init__()
         from ._graph import GraphFormatError, decode
@@ -700,6 +755,17 @@ class CapturedHook(Wrapper):
         if len(graph["outputs"]) != sum(1 for v in self.out_template if v == TENSOR):
             raise InvalidArgumentError("CapturedHook graph outputs do not match out_template")
         self._graph_json = graph
+        self.symbols = _check_symbols(symbols)
+        self.input_dims = _check_dims(input_dims, len(self._tensor_in_idx), self.symbols)
+        names: tuple[str, ...] = ("args", "kwargs", "output") if self.with_kwargs else ("args", "output")
+        if position == "pre":
+            names = names[:-1]
+        leaf_names = _tree.leaf_paths(self._in_spec, names)
+        self._input_labels = [leaf_names[i] for i in self._tensor_in_idx]
+        self.open_kwargs = _check_bool("open_kwargs", open_kwargs)
+        top = self._in_spec
+        self._kwargs_keys: tuple | None = top.children[1].keys if self.with_kwargs and top.kind == "tuple" \
+            and len(top.children) >= 2 and top.children[1].kind == "dict" else None
 
     @classmethod
     def declared_tensors(cls, config: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
@@ -716,7 +782,16 @@ class CapturedHook(Wrapper):
                 for i, b in enumerate(self._constants())
             },
             "name": self.name,
+            **({} if self.input_dims is None else {"input_dims": self.input_dims, "symbols": self.symbols}),
+            **({"open_kwargs": True} if self.open_kwargs else {}),
         }
+
+    @property
+    def where(self) -> str:
+        """``"<module path>: "`` of this wrapper in its model (set by ``convert`` and ``load``),
+        or ``""`` for a wrapper outside a model; error messages start with it."""
+        path = self.__dict__.get("_hookwrap_path")
+        return f"{path}: " if path else ""
 
     def _constants(self) -> list[Tensor]:
         return [getattr(self, f"c{i}") for i in range(self._n_consts)]
@@ -756,32 +831,95 @@ class CapturedHook(Wrapper):
             problem = str(exc)
         if spec != self._in_spec:
             raise HookwrapError(
-                f"captured hook {self.name!r} was captured for inputs shaped like {self._in_spec} "
-                f"but is called with {spec if spec is not None else problem}; convert again with example "
-                f"inputs like this call"
-            )
+                f"{self.where}the captured {self.position}-hook {self.name or 'hook'!r} was captured for inputs "
+                f"shaped like {self._in_spec} but is called with {spec if spec is not None else problem}; convert "
+                f"again with example inputs like this call")
         for i, value in self._scalar_in:
             if leaves[i] != value or type(leaves[i]) is not type(value):
                 raise HookwrapError(
-                    f"captured hook {self.name!r} was captured with the value {value!r} at input {i} but is "
-                    f"called with {leaves[i]!r}; its graph holds the captured value, so convert again with "
-                    f"example inputs like this call")
+                    f"{self.where}the captured {self.position}-hook {self.name or 'hook'!r} was captured with the "
+                    f"value {value!r} at input {i} but is called with {leaves[i]!r}; its graph holds the captured "
+                    f"value, so convert again with example inputs like this call")
         inputs = [leaves[i] for i in self._tensor_in_idx]
         opaque = [leaves[i] for i in self._opaque_in_idx]
         host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
-        outs = iter(self.forward(*inputs, *host_inputs))
+        concrete = all(isinstance(t, Tensor) and all(type(n) is int for n in t.shape) for t in inputs)
+        if not concrete:  # traced by an exporter: sizes are symbolic, and a check would add guards
+            outs = iter(self.forward(*inputs, *host_inputs))
+        else:
+            self._check_shapes(inputs)
+            try:
+                outs = iter(self.forward(*inputs, *host_inputs))
+            except Exception as exc:
+                raise HookwrapError(self._failure(inputs, exc)) from exc
         result = [next(outs) if v == TENSOR else opaque[v["opaque"]] if isinstance(v, dict) else v
                   for v in self.out_template]
         return _tree.unflatten(result, self._out_spec, like=like)
 
+    def _check_shapes(self, inputs: list[Tensor]) -> None:
+        """Refuse, with the dimension named, a call whose sizes the graph was not captured for:
+        a size it fixed, a size outside the range it was checked for, or two sizes it ties
+        together that differ."""
+        if self.input_dims is None:
+            return
+        bound: dict[str, tuple[int, int, int]] = {}  # symbol -> (size, input, dim) where it was first seen
+        for i, (value, dims) in enumerate(zip(inputs, self.input_dims)):
+            if value.dim() != len(dims):
+                raise self._shape_error(i, f"has {value.dim()} dimension(s), but the hook was captured with "
+                                           f"{len(dims)} there")
+            for d, (size, want) in enumerate(zip(value.shape, dims)):
+                if want is None:
+                    continue
+                if isinstance(want, int):
+                    if size != want:
+                        raise self._shape_error(i, f"has size {size} in dim {d}, but the captured graph is "
+                                                   f"specialised to the size it had at capture, {want}")
+                    continue
+                rng = self.symbols[want]
+                if want in bound and bound[want][0] != size:
+                    first, j, e = bound[want]
+                    raise self._shape_error(i, f"has size {size} in dim {d}, but its {self._input_labels[j]} has "
+                                               f"{first} in dim {e}; the captured graph ties these sizes together "
+                                               f"(both were {rng['captured']} at capture)")
+                if size < rng["min"] or (rng["max"] is not None and size > rng["max"]):
+                    top = "any" if rng["max"] is None else rng["max"]
+                    raise self._shape_error(i, f"has size {size} in dim {d}, outside the sizes the captured graph "
+                                               f"was checked for ({rng['min']} to {top}; {rng['captured']} at "
+                                               f"capture)")
+                bound.setdefault(want, (size, i, d))
+
+    def _shape_error(self, index: int, detail: str) -> HookwrapError:
+        return HookwrapError(
+            f"{self.where}the {self.position}-hook {self.name or 'hook'!r} was captured as a graph, and the "
+            f"{self._input_labels[index]} it is given {detail}. Convert again with example inputs of this size, or "
+            f"make the hook independent of this size")
+
+    def _failure(self, inputs: list[Tensor], exc: BaseException) -> str:
+        shapes = ", ".join(f"{label} {list(t.shape)}" for label, t in zip(self._input_labels, inputs))
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        older = "" if self.input_dims is not None else (
+            " It was captured by a hookwrap older than format 3, which kept only the batch dimension symbolic: "
+            "convert and save it again.")
+        return (f"{self.where}the captured {self.position}-hook {self.name or 'hook'!r} failed on inputs of shapes "
+                f"{shapes} ({type(exc).__name__}: {first}).{older}")
+
+    def _split_kwargs(self, kwargs: dict) -> tuple[dict, dict]:
+        """``(the keyword arguments the hook was captured with, the others)`` when the hook
+        passes other keyword arguments along unread (``open_kwargs``); else ``(kwargs, {})``."""
+        known = self._kwargs_keys
+        if not self.open_kwargs or known is None or not all(k in kwargs for k in known):
+            return kwargs, {}
+        return {k: kwargs[k] for k in known}, {k: v for k, v in kwargs.items() if k not in known}
+
     def hookwrap_pre(self, host: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if self.with_kwargs:
-            new_args, new_kwargs = self._call(host, (args, kwargs), (args, kwargs))
-            return tuple(new_args), dict(new_kwargs)
+            captured, extra = self._split_kwargs(kwargs)
+            new_args, new_kwargs = self._call(host, (args, captured), (args, captured))
+            return tuple(new_args), {**new_kwargs, **extra}
         return tuple(self._call(host, (args,), args)), kwargs
 
     def hookwrap_post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        tree = (args, kwargs, output) if self.with_kwargs else (args, output)
+        tree = (args, self._split_kwargs(kwargs)[0], output) if self.with_kwargs else (args, output)
         return self._call(host, tree, output)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -879,28 +1017,35 @@ def _rebuild_host(base: type) -> nn.Module:
 
 
 def host_class(base: type[nn.Module]) -> type[nn.Module]:
-    """The class a hooked module of type ``base`` becomes: a subclass of ``base`` whose
-    ``forward`` runs ``hookwrap_pre`` wrappers, then ``base.forward``, then
-    ``hookwrap_post`` wrappers. It keeps ``forward``'s signature and pickles by
-    reference to ``base``."""
+    """The class a hooked module of type ``base`` becomes: a subclass of ``base`` whose call
+    runs the ``hookwrap_pre`` wrappers first (where PyTorch runs forward pre-hooks, before
+    the hooks still registered see the arguments) and whose ``forward`` runs
+    ``base.forward``, then the ``hookwrap_post`` wrappers. It keeps ``forward``'s signature
+    and pickles by reference to ``base``."""
     if "_hookwrap_base" in base.__dict__:
         return base
     cached = _HOST_CLASSES.get(base)
     if cached is not None:
         return cached
     base_forward = base.forward
+    base_call_impl = base._call_impl
 
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        # The hot path of every converted model: the wrapper lists are read straight from
-        # _modules (no ModuleList.__iter__), and a wrapper's own forward is called directly,
-        # as a hook would have been, without nn.Module.__call__'s machinery around it.
-        modules = self._modules
-        pre: Any = modules.get(PRE)
+    def _call_impl(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        # Pre wrappers run where PyTorch runs forward pre-hooks: before the call, so that
+        # the forward hooks still on the module (transformers' output capturing, hooks added
+        # after conversion) see the arguments as changed, as they did on the hooked model.
+        pre: Any = self._modules.get(PRE)
         if pre is not None:
             for wrapper in pre._modules.values():
                 args, kwargs = wrapper.hookwrap_pre(self, args, kwargs)
+        return base_call_impl(self, *args, **kwargs)
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        # The hot path of every converted model: the wrapper list is read straight from
+        # _modules (no ModuleList.__iter__), and a wrapper's own forward is called directly,
+        # as a hook would have been, without nn.Module.__call__'s machinery around it.
         out = base_forward(self, *args, **kwargs)
-        post: Any = modules.get(POST)
+        post: Any = self._modules.get(POST)
         if post is not None:
             for wrapper in post._modules.values():
                 if wrapper.elementwise and isinstance(out, Tensor):
@@ -920,6 +1065,7 @@ def host_class(base: type[nn.Module]) -> type[nn.Module]:
 
     namespace: dict[str, Any] = {
         "forward": forward,
+        "_call_impl": _call_impl,
         "__reduce_ex__": __reduce_ex__,
         "_hookwrap_base": base,
         "__module__": __name__,
@@ -942,6 +1088,16 @@ def in_wrapper(path: str) -> bool:
     return PRE in parts or POST in parts
 
 
+def host_path(path: str) -> str:
+    """The path of the host module for a path inside its wrapper lists (``a.b.hookwrap_pre.0``
+    -> ``a.b``); any other path as it is."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if part in (PRE, POST):
+            return ".".join(parts[:i])
+    return path
+
+
 def host_base(module: nn.Module) -> type:
     """The class a module had before it became a host (its own class if it is not one)."""
     return type(module).__dict__.get("_hookwrap_base", type(module))
@@ -959,7 +1115,16 @@ def host_wrappers(module: nn.Module) -> tuple[list[Wrapper], list[Wrapper]]:
     return list(pre) if pre is not None else [], list(post) if post is not None else []  # type: ignore[call-overload]
 
 
-def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapper] = ()) -> None:
+def label_wrappers(module: nn.Module, path: str) -> None:
+    """Tell every :class:`CapturedHook` in ``module`` (found at ``path`` of its model) its own
+    module path, which its error messages name."""
+    for sub, child in module.named_modules():
+        if isinstance(child, CapturedHook):
+            child.__dict__["_hookwrap_path"] = f"{path}.{sub}" if path and sub else (path or sub)
+
+
+def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapper] = (), *,
+            path: str | None = None) -> None:
     """Make ``module`` run ``pre`` before and ``post`` after its forward.
 
     New pre wrappers run before any it already has (they stand for hooks registered
@@ -976,3 +1141,5 @@ def install(module: nn.Module, pre: Sequence[Wrapper] = (), post: Sequence[Wrapp
     if post:
         module._modules.pop(POST, None)
         module.add_module(POST, nn.ModuleList([*old_post, *post]))
+    if path is not None:
+        label_wrappers(module, path)

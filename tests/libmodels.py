@@ -10,8 +10,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["timm_model", "hf_model", "HF_FAMILIES", "blocks_of", "steer", "hidden_pre_hook", "hook_llm",
-           "token_ids", "scaled_atol"]
+__all__ = ["timm_model", "hf_model", "HF_FAMILIES", "VISION", "blocks_of", "steer", "hidden_pre_hook", "hook_llm",
+           "token_ids", "scaled_atol", "attention_out", "head_ablation", "steer_last", "llm_hooks", "greedy",
+           "llm_behaviour", "LENGTHS"]
 
 
 def timm_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -52,7 +53,17 @@ HF_FAMILIES: dict[str, tuple[str, str, dict]] = {
     "vit": ("ViTConfig", "ViTForImageClassification", dict(hidden_size=32, intermediate_size=64,
                                                           num_hidden_layers=2, num_attention_heads=2,
                                                           image_size=32, patch_size=8, num_labels=10)),
+    # Vision models whose hidden states transformers collects with forward hooks (issue 22).
+    "dinov2": ("Dinov2Config", "Dinov2Model", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                                  num_attention_heads=2, image_size=32, patch_size=8)),
+    "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel", dict(hidden_size=32, intermediate_size=64,
+                                                               num_hidden_layers=3, num_attention_heads=2,
+                                                               image_size=32, patch_size=8)),
+    "segformer": ("SegformerConfig", "SegformerForSemanticSegmentation", dict(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+        decoder_hidden_size=32, num_labels=3, mlp_ratios=[2, 2], patch_sizes=[7, 3], strides=[4, 2])),
 }
+VISION = ("vit", "dinov2", "clip_vision", "segformer")
 DECODERS = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt", "phi", "gemma", "falcon", "bloom")
 
 
@@ -63,7 +74,7 @@ def hf_model(family: str, seed: int = 0, **overrides) -> nn.Module:
 
     transformers.logging.set_verbosity_error()
     config_name, model_name, tiny = HF_FAMILIES[family]
-    extra = {} if family == "vit" else _TINY
+    extra = {} if family in VISION else _TINY
     config = getattr(transformers, config_name)(**{**extra, **tiny, **overrides})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -72,10 +83,12 @@ def hf_model(family: str, seed: int = 0, **overrides) -> nn.Module:
 
 
 def token_ids(family: str, batch: int = 2, length: int = 8, seed: int = 0) -> tuple:
-    """Example inputs: token ids, or pixels for ViT."""
+    """Example inputs: token ids, or pixels for the vision families (64 x 64 for Segformer,
+    whose strides need it, else 32 x 32)."""
     gen = torch.Generator().manual_seed(seed)
-    if family == "vit":
-        return (torch.randn(batch, 3, 32, 32, generator=gen),)
+    if family in VISION:
+        side = 64 if family == "segformer" else 32
+        return (torch.randn(batch, 3, side, side, generator=gen),)
     return (torch.randint(2, 128, (batch, length), generator=gen),)
 
 
@@ -97,6 +110,17 @@ def steer(vector: torch.Tensor, alpha: float = 2.0) -> Callable:
     return hook
 
 
+def steer_by(gain: float) -> Callable:
+    """A closure multiplying the hidden states a block returns by ``gain``."""
+
+    def amplify(module: nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (output[0] * gain, *output[1:])
+        return output * gain
+
+    return amplify
+
+
 def hidden_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     """A ``with_kwargs=True`` pre-hook that scales the hidden states coming into a block,
     wherever the library passes them (first positional argument or ``hidden_states=``)."""
@@ -107,16 +131,21 @@ def hidden_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 
 def hook_llm(model: nn.Module, seed: int = 0) -> nn.Module:
     """The hooks of the issue: a steering closure on every block, a keyword pre-hook on the
-    first block, and ``Scale`` on every ``nn.Linear``."""
+    first block, and ``Scale`` on every ``nn.Linear``. Models whose blocks change width (the
+    Segformer pyramid) get a closure that amplifies each block's output instead of a vector."""
     import hookwrap as hw
 
     blocks = blocks_of(model)
-    width = next(p for p in blocks[0].parameters() if p.dim() >= 1).shape[-1]
-    hidden = getattr(model.config, "hidden_size", width)
+    hidden = getattr(model.config, "hidden_size", None)
     gen = torch.Generator().manual_seed(seed)
-    vector = torch.randn(hidden, generator=gen)
-    for block in blocks:
-        block.register_forward_hook(steer(vector))
+    if isinstance(hidden, int):
+        vector = torch.randn(hidden, generator=gen)
+        for block in blocks:
+            block.register_forward_hook(steer(vector))
+    else:
+        gain = 1.0 + torch.rand(1, generator=gen).item()
+        for block in blocks:
+            block.register_forward_hook(steer_by(gain))
     blocks[0].register_forward_pre_hook(hidden_pre_hook, with_kwargs=True)
     hw.attach(model, hw.hooks.Scale(0.9), where=nn.Linear)
     return model
@@ -128,3 +157,83 @@ def scaled_atol(reference: torch.Tensor, fraction: float = 1e-4) -> float:
     top = float(reference.abs().max())
     assert top > 0, "the model's outputs are all zero: a check on them could not fail"
     return fraction * top
+
+
+# Hooks of the LLM users of issue 22, at the modules they hook. ``head_ablation`` is the
+# interpretability pre-hook on the attention output projection; the others sit on blocks.
+def attention_out(model: nn.Module) -> list[nn.Module]:
+    """The attention output projections (Llama ``o_proj``, GPT-2 ``c_proj``)."""
+    return [m for path, m in model.named_modules() if path.endswith(("self_attn.o_proj", "attn.c_proj"))]
+
+
+def head_ablation(heads: int, head_dim: int, head: int = 0) -> Callable:
+    """Zero one attention head before the output projection, reading the sequence length
+    from the activation: ``z.view(b, s, heads, head_dim) * mask``."""
+    mask = torch.ones(1, 1, heads, 1)
+    mask[..., head, :] = 0
+
+    def ablate(module: nn.Module, args: tuple):
+        z = args[0]
+        b, s, _ = z.shape
+        z = z.view(b, s, heads, head_dim) * mask
+        return (z.reshape(b, s, heads * head_dim),)
+
+    return ablate
+
+
+def steer_last(vector: torch.Tensor, alpha: float = 4.0) -> Callable:
+    """Steer only the last position of the hidden states a block returns, reading
+    ``out.shape[1]``."""
+
+    def hook(module: nn.Module, args: tuple, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        last = hidden.shape[1] - 1
+        steered = torch.cat([hidden[:, :last], hidden[:, last:] + alpha * vector], dim=1)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
+
+
+def llm_hooks(model: nn.Module, which: str, seed: int = 0) -> nn.Module:
+    """Attach one of issue 22's hooks to every layer: ``ablate`` (head ablation pre-hook),
+    ``steer`` (additive steering vector) or ``steer_last`` (last position only)."""
+    hidden = model.config.hidden_size
+    heads = model.config.num_attention_heads
+    gen = torch.Generator().manual_seed(seed)
+    vector = torch.randn(hidden, generator=gen)
+    if which == "ablate":
+        for proj in attention_out(model):
+            proj.register_forward_pre_hook(head_ablation(heads, hidden // heads))
+    elif which == "steer":
+        for block in blocks_of(model):
+            block.register_forward_hook(steer(vector))
+    elif which == "steer_last":
+        for block in blocks_of(model):
+            block.register_forward_hook(steer_last(vector))
+    else:
+        raise ValueError(which)
+    return model
+
+
+def greedy(model: nn.Module, ids: torch.Tensor, tokens: int = 8):
+    """Greedy generation with the KV cache: the tokens and every step's scores."""
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                             min_new_tokens=tokens, do_sample=False, use_cache=True, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=model.config.pad_token_id)
+    return out.sequences, torch.stack(out.scores)
+
+
+LENGTHS = ((1, 1), (2, 8), (2, 11), (2, 30))
+
+
+def llm_behaviour(model: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
+    """What a steered LLM must keep after conversion and loading: the logits at sequence
+    lengths 1, 8, 11 and 30 (batch 1 at length 1), and greedy generation of 8 tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for batch, length in LENGTHS:
+            out[f"logits {batch}x{length}"] = model(torch.randint(2, 128, (batch, length), generator=gen)).logits
+    out["tokens"], out["scores"] = greedy(model, torch.randint(2, 128, (2, 5), generator=gen))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -195,3 +197,73 @@ def test_captured_graph_json_round_trip_and_refusals():
     for data in bad:
         with pytest.raises(GraphFormatError):
             decode(data)
+
+
+def test_captured_graph_follows_every_size_the_hook_treats_symbolically():
+    """Issue 22: a captured graph kept only the batch dimension symbolic. A hook that builds
+    a ramp as wide as its activation (torch.linspace takes the width as a plain int) works
+    at every batch, spatial size and aspect ratio, as the hook does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)).eval()
+    plain = copy.deepcopy(model)  # the same weights, without the hook
+    model[0].register_forward_hook(lambda m, a, out: out * torch.linspace(0, 1, out.shape[-1]))
+    converted = hw.convert(model, (torch.randn(2, 3, 32, 32),))
+    wrapper = only_wrapper(converted)
+    assert type(wrapper) is W.CapturedHook and wrapper.input_dims == [["d0", "d1", "d2", "d3"]]
+    assert [s["captured"] for s in wrapper.symbols.values()] == [2, 4, 32, 32]
+    checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
+    assert checks["an input with other sizes (input 0 [2, 3, 32, 32] -> [2, 3, 64, 64])"] == "passed"
+    for shape in [(2, 3, 32, 32), (2, 3, 64, 64), (1, 3, 64, 48), (3, 3, 17, 9), (1, 3, 1, 1)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = model(x)
+            assert not torch.equal(expected, plain(x)) or shape[-1] == 1, shape  # the hook matters
+            assert torch.equal(converted(x), expected), shape
+
+
+def fixed_width_model():
+    """A Linear over (batch, 8, 4) sequences whose hook multiplies by an (8, 4) table: the
+    hook itself fixes the sequence length and the width."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    table = torch.randn(8, 4)
+    model[0].register_forward_hook(lambda m, a, o: o * table)
+    return model
+
+
+def test_a_size_the_hook_fixes_is_recorded_and_refused_by_name(tmp_path):
+    model = fixed_width_model()
+    converted = hw.convert(model, (torch.randn(2, 8, 4),))
+    wrapper = only_wrapper(converted)
+    assert wrapper.input_dims == [["d0", 8, 4]]
+    # the hooked model refuses another length too, so convert's check skips it and says why
+    skipped = [c for c in hw.conversion_report(converted).checks if c.status == "skipped"]
+    assert [c.what for c in skipped] == ["an input with other sizes (input 0 [2, 8, 4] -> [2, 11, 4])",
+                                         "an input with other sizes (input 0 [2, 8, 4] -> [2, 8, 7])"]
+    assert all(c.detail.startswith("the hooked model refused it: RuntimeError") for c in skipped)
+    x = torch.randn(5, 8, 4)  # another batch size: the batch dimension stays symbolic
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+    path = tmp_path / "fixed.safetensors"
+    hw.save(converted, path)
+    loaded = hw.load(path, base=lambda: nn.Sequential(nn.Linear(4, 4)).eval())
+    for candidate in (converted, loaded):
+        with pytest.raises(hw.HookwrapError) as info:
+            candidate(torch.randn(2, 11, 4))
+        text = str(info.value)
+        assert text.startswith("0.hookwrap_post.0: the post-hook 'fixed_width_model.<locals>.<lambda>'"), text
+        assert "the output it is given has size 11 in dim 1" in text and "size it had at capture, 8" in text
+
+
+def test_a_recognised_pattern_that_branches_on_a_size_is_captured_instead():
+    """Recognition reads one trace, which cannot see ``if o.shape[-1] > 8``: the recognised
+    Dropout would drop at every size. Checked at other sizes, it is captured instead, and
+    the captured graph keeps the branch's condition as a size it refuses by name."""
+    model = small()
+    model[0].register_forward_hook(lambda m, a, o: F.dropout(o, 0.3, True) if o.shape[-1] > 4 else o)
+    x = torch.randn(2, 3, 8, 8)
+    converted = hw.convert(model, (x,))
+    wrapper = only_wrapper(converted)
+    assert type(wrapper) is W.CapturedHook
+    assert wrapper.symbols[wrapper.input_dims[0][3]]["min"] == 5  # export's guard: width > 4
+    check_equal_in_both_modes(model, converted, x)

@@ -446,3 +446,56 @@ def test_global_hooks_belong_to_the_process_and_are_kept_unless_asked(tmp_path):
     handle.remove()
     with torch.no_grad():
         assert torch.equal(converted(x), expected)
+
+
+def test_a_size_the_captured_graph_fixes_blames_the_hook_and_the_dimension():
+    """The hook branches on the sequence length, so export fixes it at the example's 8; the
+    hooked model runs at 11, the converted one cannot. convert blames the hook and names
+    the dimension, and never suggests that the (valid) inputs were wrong."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    model[0].register_forward_hook(lambda m, a, o: o * 2 if o.shape[1] == 8 else o - 1)
+    before = hook_table(model)
+    with pytest.raises(hw.UnconvertibleHookError) as info:
+        hw.convert(model, (torch.randn(2, 8, 4),))
+    (blocker,) = info.value.blockers
+    assert blocker.path == "0" and blocker.name.endswith("<lambda>")
+    assert "fails on an input with other sizes (input 0 [2, 8, 4] -> [2, 11, 4])" in blocker.reason
+    assert "size 11 in dim 1" in blocker.reason and "at capture, 8" in blocker.reason
+    assert "where the hooked model runs" in blocker.reason and "example_inputs" not in str(info.value)
+    assert hook_table(model) == before
+
+
+class Options(nn.Module):
+    """A model with a call option of its own: ``features=True`` also returns the hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x, features=False):
+        h = self.a(x)
+        y = self.b(h)
+        return (y, h) if features else y
+
+
+def test_call_options_are_checked_on_request_and_reported():
+    torch.manual_seed(0)
+    model = Options().eval()
+    model.a.register_forward_hook(lambda m, a, o: o * torch.linspace(1, 2, o.shape[-1]))
+    x = torch.randn(2, 4)
+    converted = hw.convert(model, (x,), call_options=[{"features": True}])
+    checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
+    assert checks == {"the example inputs": "passed", "a second input drawn like the example": "passed",
+                      "an input with other sizes (input 0 [2, 4] -> [2, 7])": "skipped",
+                      "the example inputs with features=True": "passed"}
+    with torch.no_grad():
+        got, expected = converted(x, features=True), model(x, features=True)
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    assert "passed: the example inputs with features=True" in str(hw.conversion_report(converted))
+    # not a transformers model: no call options by default
+    default = hw.conversion_report(hw.convert(model, (x,))).checks
+    assert not [c for c in default if "features" in c.what]
+    for bad in ({"features": True}, [("features", True)], "features"):
+        with pytest.raises(hw.InvalidArgumentError, match="call_options"):
+            hw.convert(model, (x,), call_options=bad)

@@ -67,7 +67,7 @@ def test_round_trip_seed_vgg16(tmp_path):
     converted = hw.convert(model, (x,))
     path = round_trip_fresh(tmp_path, converted, "vgg16", x)
     manifest = hw.read_manifest(path)
-    assert manifest["format_version"] == 2 and manifest["torch_version"] == torch.__version__.split("+")[0]
+    assert manifest["format_version"] == 3 and manifest["torch_version"] == torch.__version__.split("+")[0]
     assert len(manifest["wrappers"]) == 13
     assert manifest["wrappers"]["features.0"] == {
         "module": "Conv2d", "pre": [], "post": [{"type": "Dropout2d", "config": {"p": 0.2, "always": True}}],
@@ -214,9 +214,9 @@ def test_corrupt_captured_graph_is_refused(tmp_path, corrupt):
 
 def test_wrong_format_version_and_unknown_wrapper_type(tmp_path):
     good = hooked_small(tmp_path)
-    v3 = rewrite(good, tmp_path / "v3.safetensors", manifest_fn=lambda m: m.update(format_version=3), marker="3")
-    err = assert_refused(v3, "format_version", error=hw.ManifestError)
-    assert "format_version 3 is not supported" in str(err)
+    v4 = rewrite(good, tmp_path / "v4.safetensors", manifest_fn=lambda m: m.update(format_version=4), marker="4")
+    err = assert_refused(v4, "format_version", error=hw.ManifestError)
+    assert "format_version 4 is not supported" in str(err)
 
     def unknown(manifest):
         manifest["wrappers"]["0"]["post"][0]["type"] = "TeleportDropout"
@@ -532,3 +532,32 @@ def test_tensors_at_any_offset_and_dtype_load_exactly_and_never_write_the_file(t
     shared.f.mul_(3)
     assert path.read_bytes() == before
     assert torch.equal(hw.load(path, base=Holder).b, values["b"])
+
+
+def test_format_2_captured_graphs_still_load_and_fail_by_name_at_other_sizes(tmp_path):
+    """Files written before format 3 carry no sizes for their captured graphs (and kept only
+    the batch dimension symbolic): they load, and a call the graph cannot take is a
+    HookwrapError naming the wrapper, not a raw error from inside the graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    table = torch.randn(8, 4)
+    model[0].register_forward_hook(lambda m, a, o: o * table)
+    x = torch.randn(2, 8, 4)
+    path = tmp_path / "v3.safetensors"
+    hw.save(hw.convert(model, (x,)), path)
+
+    def older(manifest):
+        manifest["format_version"] = 2
+        config = manifest["wrappers"]["0"]["post"][0]["config"]
+        del config["input_dims"], config["symbols"]
+
+    old = rewrite(path, tmp_path / "v2.safetensors", manifest_fn=older, marker="2")
+    loaded = hw.load(old, base=lambda: nn.Sequential(nn.Linear(4, 4)).eval())
+    assert loaded[0].hookwrap_post[0].input_dims is None
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        with pytest.raises(hw.HookwrapError) as info:
+            loaded(torch.randn(2, 11, 4))
+    text = str(info.value)
+    assert text.startswith("0.hookwrap_post.0: the captured post-hook") and "output [2, 11, 4]" in text
+    assert "older than format 3" in text

@@ -127,3 +127,25 @@ def test_where_and_kinds_select_what_is_stripped():
     assert [(h.path, h.kind) for h in hw.inventory(out)] == [("conv1", "forward"), ("fc", "backward")]
     with pytest.raises(hw.InvalidArgumentError, match="unknown hook kind"):
         hw.strip(model, kinds=["forwards"])
+
+
+def test_strip_keeps_the_models_own_output_capturing_hooks():
+    """transformers collects hidden states with forward hooks it installs once per model:
+    stripping them would make output_hidden_states return nothing, silently."""
+    from libmodels import hf_model, token_ids
+
+    model = hf_model("dinov2")
+    inputs = token_ids("dinov2")
+    with torch.no_grad():
+        expected = model(*inputs, output_hidden_states=True).hidden_states
+    model.encoder.layer[0].register_forward_hook(lambda m, a, o: None)
+    plain = hw.strip(model)
+    actions = {a.origin: a.action for a in hw.conversion_report(plain)}
+    assert actions == {"transformers": "kept", "user": "stripped"}
+    with hw.stripped(model), torch.no_grad():
+        during = model(*inputs, output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        after = plain(*inputs, output_hidden_states=True).hidden_states
+    assert len(expected) == 4
+    for states in (during, after):
+        assert len(states) == len(expected) and all(torch.equal(a, b) for a, b in zip(states, expected))

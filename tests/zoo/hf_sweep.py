@@ -13,8 +13,14 @@ first block, ``Scale(0.9)`` on every ``nn.Linear``). The journey:
    the fix (``use_cache = False``), and the bare ``torch.onnx.export(model, inputs,
    dynamo=True)`` must fail too (that makes it the exporter's limit, not hookwrap's);
    encoders export as they are;
-4. ``model.config.use_cache = False`` (same logits), export (dynamo, dynamic batch) and
-   parity on the logits with an atol scaled to their size (``scaled_atol``).
+4. ``model.config.use_cache = False`` (same logits), export (dynamic batch) and parity on the
+   logits with an atol scaled to their size (``scaled_atol``).
+
+After convert, the converted model is also checked against the hooked one (issue 22), the
+whole output compared: at a second sequence length (token ids 3 longer; vision models at
+another image size, where the model accepts one), with ``output_hidden_states=True``, and
+for decoders in greedy ``generate()`` of 8 new tokens with the KV cache (the loaded model
+too). A size the hooked model itself refuses is recorded as such, not as a failure.
 
 Used by ``benchmarks/bench_transformers.py``.
 """
@@ -30,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from libmodels import DECODERS, HF_FAMILIES, hf_model, hook_llm, scaled_atol, token_ids
+from libmodels import DECODERS, HF_FAMILIES, greedy, hf_model, hook_llm, scaled_atol, token_ids
 from torch import nn
 
 import hookwrap as hw
+from hookwrap._torch import first_difference, other_sizes
 from zoo.timm_sweep import Timeout, quiet, timebox, timed
 
 _L = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -81,6 +88,9 @@ class Row:
     reason: str = ""
     blame: str = ""  # whose failure: "hookwrap", "exporter", "model", "timebox"
     notes: list[str] = field(default_factory=list)  # the full messages behind default_export
+    other_length: str = ""  # the converted model at a second sequence length (or image size)
+    hidden_states: str = ""  # ... with output_hidden_states=True
+    generation: str = ""  # ... greedy generate() of 8 tokens (decoders)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,8 +117,44 @@ def build(family: str, seed: int = 0, **overrides: Any) -> nn.Module:
 
 
 def logits(model: nn.Module, inputs: tuple) -> torch.Tensor:
+    """The logits (for models without a head, the last hidden state)."""
     with torch.no_grad():
-        return model(*inputs).logits
+        out = model(*inputs)
+    return out.logits if "logits" in out else out.last_hidden_state
+
+
+def _same(converted: nn.Module, hooked: nn.Module, run: Any, what: str) -> None:
+    difference = first_difference(run(converted), run(hooked))
+    if difference is not None:
+        raise AssertionError(f"the converted model differs from the hooked model {what}: {difference}")
+
+
+def _call(inputs: tuple, **options: Any) -> Any:
+    def run(model: nn.Module) -> Any:
+        with torch.no_grad():
+            return model(*inputs, **options)
+
+    return run
+
+
+def check_call_paths(row: Row, converted: nn.Module, model: nn.Module, inputs: tuple) -> None:
+    """Issue 22's checks of the converted model against the hooked one, recorded in ``row``."""
+    grown = other_sizes(inputs)[:1]
+    if not grown:
+        row.other_length = "-"
+    else:
+        bigger, change = grown[0]
+        try:
+            _call(bigger)(model)
+        except Exception as exc:
+            row.other_length = f"the model refuses {change.split(' ', 2)[-1]} ({one_line(exc)[:80]})"
+        else:
+            _same(converted, model, _call(bigger), f"at {change}")
+            row.other_length = f"equal at {change.split(' ', 2)[-1]}"
+    _same(converted, model, _call(inputs, output_hidden_states=True), "with output_hidden_states=True")
+    with torch.no_grad():
+        states = model(*inputs, output_hidden_states=True).hidden_states
+    row.hidden_states = f"equal ({len(states)} states)"
 
 
 def one_line(exc: BaseException) -> str:
@@ -161,10 +207,18 @@ def sweep_one(family: str, folder: Path, seconds: float = TIMEBOX) -> Row:
 
             step = "convert"
             converted = timed(row.steps, "convert", lambda: hw.convert(model, inputs))
-            if hw.inventory(converted).where(kind="forward"):
+            if [h for h in hw.inventory(converted) if h.is_forward and not h.is_model_machinery]:
                 raise AssertionError("the converted model still has forward hooks")
             if not torch.equal(logits(converted, inputs), expected):
                 raise AssertionError("the converted model's logits differ from the hooked model's")
+
+            step = "sizes and call options"
+            timed(row.steps, "call paths", lambda: check_call_paths(row, converted, model, inputs))
+            if row.decoder:
+                step = "generate"
+                prompt = (inputs[0][:, :5],)
+                timed(row.steps, "generate", lambda: _same(converted, model, lambda m: greedy(m, *prompt),
+                                                           "in greedy generation of 8 tokens"))
 
             step = "save"
             path = folder / f"{family}.safetensors"
@@ -174,6 +228,13 @@ def sweep_one(family: str, folder: Path, seconds: float = TIMEBOX) -> Row:
             loaded = timed(row.steps, "load", lambda: hw.load(path, base=lambda: build(family, seed=3)))
             if not torch.equal(logits(loaded, inputs), expected):
                 raise AssertionError("the loaded model's logits differ from the hooked model's")
+            if row.decoder:
+                step = "generate (loaded)"
+                _same(loaded, model, lambda m: greedy(m, *prompt), "(loaded) in greedy generation of 8 tokens")
+                tokens = greedy(model, *prompt)[0].shape[1] - prompt[0].shape[1]
+                row.generation = f"equal ({tokens} tokens; converted and loaded)"
+            else:
+                row.generation = "-"
             del loaded
 
             step = "export (default config)"
@@ -253,14 +314,16 @@ def sweep_one(family: str, folder: Path, seconds: float = TIMEBOX) -> Row:
 
 
 def table(rows: list[Row]) -> str:
-    cols = ["family", "model", "params", "hooks", "result", "convert", "save", "load", "default-config export",
-            "export", "parity", "blame", "reason"]
+    cols = ["family", "model", "params", "hooks", "result", "convert", "other length", "output_hidden_states",
+            "generate", "save", "load", "default-config export", "export", "parity", "blame", "reason"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         s = r.steps
         lines.append("| " + " | ".join([
             r.family, r.model or "-", f"{r.params_k}k", str(r.hooks), "pass" if r.passed else f"FAIL ({r.failed_step})",
-            *[f"{s[k]:.1f}s" if k in s else "-" for k in ("convert", "save", "load")],
+            f"{s['convert']:.1f}s" if "convert" in s else "-",
+            (r.other_length or "-").replace("|", "\\|"), r.hidden_states or "-", r.generation or "-",
+            *[f"{s[k]:.1f}s" if k in s else "-" for k in ("save", "load")],
             (r.default_export or "-") + (f" ({s['export default']:.1f}s)" if "export default" in s else ""),
             *[f"{s[k]:.1f}s" if k in s else "-" for k in ("export", "parity")],
             r.blame or "-", r.reason.replace("|", "\\|") or "-",

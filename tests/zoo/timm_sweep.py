@@ -10,7 +10,8 @@ input of ``SIZES`` (plus its default size) that it accepts with a batch of 2.
 The journey is the torchvision sweep's (``tests/zoo/sweep.py``): attach
 ``Dropout2d(0.2, always=True)`` to every ``Conv2d`` (``Scale(0.5)`` to every ``Linear``
 when there is no ``Conv2d``), convert, save, load (equal to the converted model under a
-seed), export (dynamo, dynamic batch; static batch if only that works, recorded as such)
+seed), the converted model against the hooked one at a second input size (``second_size``),
+export (dynamo, dynamic batch; static batch if only that works, recorded as such)
 and parity (statistical for stochastic models: 16 draws per side, the example and one input
 at another batch size; exact ones with an atol scaled to the output, ``scaled_atol``).
 
@@ -45,6 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import hookwrap as hw
+from hookwrap._torch import first_difference
 from zoo.sweep import attach
 
 MAX_PARAMS = 20_000_000
@@ -86,6 +88,7 @@ class Row:
     params_m: float
     input: int | None = None
     hooks: str = ""
+    second_size: str = ""  # the converted model against the hooked one at another input size
     batch: str = ""  # "dynamic", or "static" when only a static batch exports
     steps: dict[str, float] = field(default_factory=dict)
     parity: str = ""
@@ -360,6 +363,9 @@ def _journey(row: Row, name: str, folder: Path) -> None:
         state["step"] = "convert"
         converted = timed(row.steps, "convert", lambda: hw.convert(model, example))
 
+        state["step"] = "second size"
+        row.second_size = timed(row.steps, "second size", lambda: second_size(model, converted, row.input))
+
         state["step"] = "save"
         path = folder / f"{name}.safetensors"
         timed(row.steps, "save", lambda: hw.save(converted, path))
@@ -414,6 +420,26 @@ def _journey(row: Row, name: str, folder: Path) -> None:
         with contextlib.suppress(OSError):
             for file in folder.glob(f"{name}.*"):
                 file.unlink()
+
+
+def second_size(model: nn.Module, converted: nn.Module, size: int) -> str:
+    """The converted model against the hooked one at a second input size (x2 up to 64, else
+    +32), batch 3, both seeded alike; what the hooked model refuses is recorded, not failed."""
+    other = size * 2 if size <= 64 else size + 32
+    x = torch.randn(3, 3, other, other, generator=torch.Generator().manual_seed(5))
+    try:
+        with torch.no_grad(), quiet():
+            torch.manual_seed(11)
+            expected = model(x)
+    except Exception as exc:
+        return f"{other}: the model refuses it ({one_line(exc)[:80]})"
+    with torch.no_grad():
+        torch.manual_seed(11)
+        got = converted(x)
+    difference = first_difference(got, expected)
+    if difference is not None:
+        raise AssertionError(f"the converted model differs from the hooked model at {other}x{other}: {difference}")
+    return f"{other}: equal"
 
 
 def features_journey(name: str, folder: Path, size: int | None = None) -> Features | None:
@@ -526,8 +552,8 @@ def result_of(row: Row) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    cols = ["family", "model", "params", "input", "hooks", "result", "convert", "save", "load", "export", "parity",
-            "blame", "reason / notes"]
+    cols = ["family", "model", "params", "input", "hooks", "result", "convert", "second size", "save", "load",
+            "export", "parity", "blame", "reason / notes"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         text = r.reason or (r.parity if r.passed else "")
@@ -535,7 +561,8 @@ def table(rows: list[Row]) -> str:
             text = "; ".join([text, *r.notes]) if text else "; ".join(r.notes)
         lines.append("| " + " | ".join([
             r.family, r.model, f"{r.params_m}M", str(r.input or "-"), r.hooks, result_of(r),
-            *[_s(r.steps, k) for k in ("convert", "save", "load", "export", "parity")],
+            _s(r.steps, "convert"), (r.second_size or "-").replace("|", "\\|"),
+            *[_s(r.steps, k) for k in ("save", "load", "export", "parity")],
             r.blame or "-", text.replace("|", "\\|"),
         ]) + " |")
     return "\n".join(lines)
