@@ -742,7 +742,15 @@ class _Callee(nn.Module):
         leaves = [next(it) if v == W.TENSOR else next(stand_ins) if v == W.OPAQUE else v for v in self._template]
         inputs = _tree.unflatten(leaves, self._in_spec)
         result = _run_hook(self._hook_site, tuple(inputs))
-        return tuple(v for v in _tree.flatten(result)[0] if isinstance(v, Tensor))
+        try:
+            out_leaves, out_spec = _tree.flatten(result)
+        except _tree.TreeError as exc:
+            raise _CaptureError(f"its results cannot be stored: {exc}") from None
+        # what each result is, as traced: a stand-in is an input passed along unread
+        self.__dict__["_traced_out"] = (out_spec, [
+            ("tensor", None) if isinstance(v, Tensor) else ("input", v.index) if isinstance(v, _Untouchable)
+            else ("plain", v) if _is_plain(v) else ("made", type(v).__name__) for v in out_leaves])
+        return tuple(v for v in out_leaves if isinstance(v, Tensor))
 
     @property
     def _stand_ins(self) -> list[_Untouchable]:
@@ -778,21 +786,22 @@ def _leaf_template(leaves: list[Any], *, bake_plain: bool) -> list:
     return [W.TENSOR if isinstance(v, Tensor) else v if bake_plain and _is_plain(v) else W.OPAQUE for v in leaves]
 
 
-def _out_template(out_leaves: list[Any], in_leaves: list[Any], template: list) -> list:
-    """Results: tensors, plain values, or opaque inputs returned as they are (by identity)."""
-    opaque = [in_leaves[i] for i, v in enumerate(template) if v == W.OPAQUE]
+def _out_template(traced: list[tuple[str, Any]], template: list) -> list:
+    """Results, as the traced hook gave them: tensors (graph outputs), inputs it passed
+    along unread (``{"opaque": k}``: the k-th opaque input, whatever it is at run time, a
+    flag such as ``output_attentions`` included), or plain values it made (fixed)."""
+    opaque = [i for i, v in enumerate(template) if v == W.OPAQUE]
     out: list = []
-    for v in out_leaves:
-        if isinstance(v, Tensor):
+    for kind, value in traced:
+        if kind == "tensor":
             out.append(W.TENSOR)
-        elif _is_plain(v):
-            out.append(v)
+        elif kind == "input" and value in opaque:
+            out.append({"opaque": opaque.index(value)})
+        elif kind == "plain":
+            out.append(value)
         else:
-            index = next((k for k, o in enumerate(opaque) if o is v), None)
-            if index is None:
-                raise _CaptureError(f"it returns a {type(v).__name__} that it made itself, which a captured "
-                                    f"graph cannot carry")
-            out.append({"opaque": index})
+            raise _CaptureError(f"it returns a {value if kind == 'made' else 'value'} that it made itself, which a "
+                                f"captured graph cannot carry")
     return out
 
 
@@ -1010,7 +1019,7 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
         result = _run_hook(site, _clone_tree(tree))
     try:
         leaves, in_spec = _tree.flatten(tree)
-        out_leaves, out_spec = _tree.flatten(result)
+        out_spec = _tree.flatten(result)[1]
     except _tree.TreeError as exc:
         raise _CaptureError(f"its inputs or results cannot be stored: {exc}") from None
     template = _leaf_template(leaves, bake_plain=bake_plain)
@@ -1035,7 +1044,10 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
     output_node = next(n for n in ep.graph.nodes if n.op == "output")
     user_outputs = [value for value, spec in zip(output_node.args[0], ep.graph_signature.output_specs)
                     if spec.kind == OutputKind.USER_OUTPUT]
-    out_template = _out_template(out_leaves, leaves, template)
+    traced_spec, traced = callee.__dict__["_traced_out"]
+    if traced_spec != out_spec:
+        raise _CaptureError(f"its results are shaped {traced_spec} when traced but {out_spec} when run")
+    out_template = _out_template(traced, template)
     try:
         graph_json = encode(ep.graph, user + host + consts, user_outputs)
     except GraphFormatError as exc:

@@ -267,3 +267,41 @@ def test_a_recognised_pattern_that_branches_on_a_size_is_captured_instead():
     assert type(wrapper) is W.CapturedHook
     assert wrapper.symbols[wrapper.input_dims[0][3]]["min"] == 5  # export's guard: width > 4
     check_equal_in_both_modes(model, converted, x)
+
+
+class Layer(nn.Module):
+    """A layer called with keyword flags, as transformers calls its decoder layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, *, negate=False, scale=1.0):
+        y = self.lin(x) * scale
+        return -y if negate else y
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = Layer()
+
+    def forward(self, x, negate=False):
+        return self.layer(x, negate=negate, scale=2.0)
+
+
+def test_flags_a_pre_hook_passes_along_are_not_fixed_at_their_captured_values():
+    """A with_kwargs pre-hook that returns the keyword arguments it got: the flags in them
+    were stored as constants at their captured values (falcon's output_attentions=False),
+    so the converted layer ignored the flag it was called with."""
+    torch.manual_seed(0)
+    model = Outer().eval()
+    model.layer.register_forward_pre_hook(lambda m, args, kwargs: ((args[0] * 0.5,), kwargs), with_kwargs=True)
+    x = torch.randn(2, 4)
+    converted = hw.convert(model, (x,), call_options=[{"negate": True}])
+    wrapper = only_wrapper(converted, "pre", "layer")
+    assert type(wrapper) is W.CapturedHook
+    with torch.no_grad():
+        for negate in (False, True):
+            assert torch.equal(converted(x, negate), model(x, negate)), negate
+        assert not torch.equal(converted(x, True), converted(x, False))
