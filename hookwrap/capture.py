@@ -377,6 +377,8 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
     tensor it transforms 3 larger (recognition reads one trace, which cannot see a hook
     that branches on a size), wherever the hook itself runs there."""
     inputs = call.inputs
+    if inputs is None:
+        return True
     try:
         primary = _primary(site, inputs)
     except _NoMatch:
@@ -763,6 +765,7 @@ class _Untouchable:
     hook may pass it along, but any use of it fails the capture."""
 
     __slots__ = ("index",)
+    index: int
 
     def __init__(self, index: int) -> None:
         object.__setattr__(self, "index", index)
