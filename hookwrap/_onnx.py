@@ -25,7 +25,7 @@ from typing import Any
 from ._fs import file_errors, open_regular
 from .errors import HookwrapError
 
-__all__ = ["OnnxFile", "read_onnx", "open_session", "random_ops_of", "remember", "RANDOM_OPS"]
+__all__ = ["OnnxFile", "read_onnx", "open_session", "run_session", "random_ops_of", "remember", "RANDOM_OPS"]
 
 # ONNX operators whose results are random.
 RANDOM_OPS = frozenset({
@@ -78,20 +78,26 @@ def _node_graphs(node: Any) -> Iterator[Any]:
             yield from _graphs(sub)
 
 
-def all_nodes(model: Any) -> Iterator[Any]:
-    """Every node of the model: main graph, subgraphs and local functions."""
-    for graph in _graphs(model.graph):
-        yield from graph.node
+def _every_graph(model: Any) -> Iterator[Any]:
+    """The main graph and every subgraph, those inside local functions' nodes included."""
+    yield from _graphs(model.graph)
     for function in model.functions:
         for node in function.node:
-            yield node
-            for graph in _node_graphs(node):
-                yield from graph.node
+            yield from _node_graphs(node)
+
+
+def all_nodes(model: Any) -> Iterator[Any]:
+    """Every node of the model: main graph, subgraphs and local functions."""
+    for function in model.functions:
+        yield from function.node
+    for graph in _every_graph(model):
+        yield from graph.node
 
 
 def _tensors(model: Any) -> Iterator[tuple[str, Any]]:
-    """Every TensorProto in the model, with a name for messages."""
-    for graph in _graphs(model.graph):
+    """Every TensorProto in the model, with a name for messages: initializers of every
+    graph (subgraphs in local functions included) and tensors in node attributes."""
+    for graph in _every_graph(model):
         for init in graph.initializer:
             yield init.name, init
         for sparse in graph.sparse_initializer:
@@ -221,6 +227,22 @@ def open_session(model: OnnxFile, proto: Any = None) -> Any:
         return ort.InferenceSession(source.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise HookwrapError(f"{model.path.name} cannot be opened by onnxruntime: {type(exc).__name__}: {exc}") from None
+
+
+def run_session(session: Any, feeds: dict[str, Any], names: list[str] | None = None, *, what: str = "the ONNX model") -> list:
+    """``session.run(names, feeds)``, with onnxruntime's own exceptions (``Fail``,
+    ``InvalidArgument``, ...) and numpy's turned into a :class:`HookwrapError`.
+
+    Raises:
+        HookwrapError: onnxruntime could not run the model on these inputs.
+    """
+    try:
+        return list(session.run(names, feeds))
+    except HookwrapError:
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:400]
+        raise HookwrapError(f"onnxruntime failed to run {what} ({type(exc).__name__}: {text})") from None
 
 
 def _constant_bool(model: Any, name: str) -> bool | None:

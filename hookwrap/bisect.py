@@ -32,7 +32,7 @@ from torch.utils import _pytree
 
 from . import wrappers as W
 from ._fs import write_json
-from ._onnx import OnnxFile, open_session, read_onnx
+from ._onnx import OnnxFile, open_session, read_onnx, run_session
 from .compare import compare_exact
 from .errors import HookwrapError, InvalidArgumentError
 from .parity_inputs import signature
@@ -241,10 +241,18 @@ def bisect(
         >>> report.first_divergent
         'layer3.0.conv2'
     """
-    start = time.perf_counter()
     if not isinstance(reference, nn.Module):
         raise InvalidArgumentError(f"reference must be an nn.Module, got {type(reference).__name__}")
-    path = Path(onnx_path)
+    try:
+        return _bisect(reference, Path(onnx_path), inputs, atol, rtol)
+    except HookwrapError:
+        raise
+    except Exception as exc:  # every failure is a HookwrapError, with what failed
+        raise HookwrapError(f"bisect of {os.fspath(onnx_path)!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _bisect(reference: nn.Module, path: Path, inputs: Any, atol: float, rtol: float) -> BisectReport:
+    start = time.perf_counter()
     onnx_file = read_onnx(path)
     if onnx_file.random_ops:
         raise HookwrapError(
@@ -355,4 +363,5 @@ def _run_with_outputs(model: OnnxFile, names: list[str], feeds: dict[str, np.nda
         graph.output.append(info)
     output_names = [o.name for o in graph.output]
     session = open_session(model, proto)
-    return dict(zip(output_names, session.run(output_names, feeds)))
+    return dict(zip(output_names, run_session(session, feeds, output_names, what=f"{model.path.name} with every "
+                                                                                  f"module's output")))

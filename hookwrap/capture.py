@@ -883,9 +883,10 @@ def _graph_inputs(ep: Any, template: list) -> tuple[list, list, list, list[str],
 
 def _shape_contract(ep: Any, user: list, recorded: list[Tensor]) -> tuple[list[list[int | str | None]], dict]:
     """What sizes the exported graph accepts: for each graph input (``user``, recorded at
-    ``recorded``), every dimension as the size export specialised it to (an int), a symbol
-    (``d0``, ``d1``...: dimensions with one symbol must agree), or None for a size export
-    derived from others. Symbols carry export's range and their size at capture."""
+    ``recorded``), every dimension as the size export specialised it to (an int) or a
+    symbol (``d0``, ``d1``...: dimensions with one symbol must agree). Symbols carry
+    export's range and their size at capture, and the dtypes of the inputs are recorded
+    with them: the signature that a load checks the graph on."""
     import sympy
 
     names: dict[Any, str] = {}
@@ -897,16 +898,14 @@ def _shape_contract(ep: Any, user: list, recorded: list[Tensor]) -> tuple[list[l
             expr = size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
             if expr.is_Integer:
                 row.append(int(expr))
-            elif expr.is_Symbol:
+            else:  # a symbol, or a size export derived from others (2 * s0): a symbol of its own
                 name = names.setdefault(expr, f"d{len(names)}")
                 captured.setdefault(name, int(value.shape[d]))
                 row.append(name)
-            else:
-                row.append(None)
         dims.append(row)
     symbols: dict[str, dict[str, Any]] = {}
     for expr, name in names.items():
-        rng = ep.range_constraints.get(expr)
+        rng = ep.range_constraints.get(expr) if expr.is_Symbol else None
         low = _finite_int(rng.lower) if rng is not None else None
         high = _finite_int(rng.upper) if rng is not None else None
         # not above the size at capture: a batch of 1 is traced as 2 (see batch_of_two), and the
@@ -1004,7 +1003,7 @@ def _export(callee: nn.Module, example: list[Tensor]) -> Any:
     raise first
 
 
-def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
+def _capture(site: Site, call: Call, *, bake_plain: bool, budget: int) -> W.CapturedHook:
     """Export the hook's body on the recorded call into a CapturedHook.
 
     Without ``bake_plain``, every input that is not a tensor (None, flags, a KV cache) is a
@@ -1064,12 +1063,17 @@ def _capture(site: Site, call: Call, *, bake_plain: bool) -> W.CapturedHook:
             constants={f"c{i}": {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                        for i, v in enumerate(const_values)},
             name=site.info.name, input_dims=input_dims, symbols=symbols,
+            input_dtypes=[str(leaves[i].dtype).removeprefix("torch.") for i in user_slots],
         )
     except InvalidArgumentError as exc:
         raise _CaptureError(f"its captured graph cannot be stored: {exc}") from None
     with torch.no_grad():
         for i, value in enumerate(const_values):
             getattr(wrapper, f"c{i}").copy_(value)
+    try:  # the static check a load runs: capture never makes a graph that load refuses
+        wrapper.check_graph(site.host, budget=budget)
+    except InvalidArgumentError as exc:
+        raise _CaptureError(f"its captured graph would be refused at load: {exc}") from None
     return wrapper
 
 
@@ -1083,7 +1087,7 @@ _FIX_REWRITE = (
 )
 
 
-def convert_site(site: Site, calls: list[Call] | None) -> Outcome:
+def convert_site(site: Site, calls: list[Call] | None, *, budget: int) -> Outcome:
     """Decide what a forward hook becomes: a wrapper (``CONVERT``), nothing (``STRIP``: an
     observer, or a hook with no effect) or a blocker (``UNSUPPORTED``)."""
     if calls is None:
@@ -1112,7 +1116,7 @@ def convert_site(site: Site, calls: list[Call] | None) -> Outcome:
     problem = ""
     for bake_plain in (False, True):  # first with every non-tensor input passed along unread
         try:
-            captured = _capture(site, first, bake_plain=bake_plain)
+            captured = _capture(site, first, bake_plain=bake_plain, budget=budget)
         except _CaptureError as exc:
             problem = str(exc)
             continue

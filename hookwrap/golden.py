@@ -113,40 +113,43 @@ class GoldenSide:
             ManifestError: the file is not a golden file, is damaged, or does not fit.
             HookwrapError: it cannot be opened, or is not a regular file.
         """
-        from ._npz import read_npz
+        from ._npz import open_npz
 
         name = Path(path).name
-        arrays = read_npz(path, what="golden file", error=ManifestError)
-        meta = _meta(name, arrays)
-        try:
-            return cls._build(name, arrays, meta, sig)
-        except HookwrapError:
-            raise
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise ManifestError(f"{name}: the golden file is damaged ({type(exc).__name__}: {exc})",
-                                key="golden") from None
+        with open_npz(path, what="golden file", error=ManifestError) as npz:
+            if META_KEY not in npz.names() or npz.size(META_KEY) > MAX_META + 128:
+                raise ManifestError(f"{name}: not a hookwrap golden file (no {META_KEY!r} entry, or one over "
+                                    f"{MAX_META >> 20} MiB); write one with hookwrap record", key=META_KEY)
+            meta = _meta(name, npz.read(META_KEY))  # the metadata first: it says what else to read
+            try:
+                expected = _entries(meta)
+                present = set(npz.names()) - {META_KEY}
+                if present != expected:
+                    odd = sorted(present ^ expected)[0]
+                    raise ManifestError(f"{name}: entry {odd!r} {'is missing' if odd in expected else 'is not expected'}"
+                                        f"; the golden file is damaged", key=odd)
+                for i in range(meta["sets"]):  # the inputs must fit the model before any array is read
+                    sig.check(tuple(_Declared(*npz.header(f"input/{i}/{j}")) for j in range(meta["inputs"])),
+                              f"{name}: input set {i}")
+                arrays = {key: npz.read(key) for key in npz.names() if key != META_KEY}
+                return cls._build(name, arrays, meta, sig)
+            except HookwrapError:
+                raise
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+                raise ManifestError(f"{name}: the golden file is damaged ({type(exc).__name__}: {exc})",
+                                    key="golden") from None
 
     @classmethod
     def _build(cls, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any], sig: PI.Signature) -> GoldenSide:
         n_sets, n_in, n_out = meta["sets"], meta["inputs"], meta["outputs"]
         stochastic = meta["stochastic"]
         kind = "draw" if stochastic else "output"
-        expected = {f"input/{i}/{j}" for i in range(n_sets) for j in range(n_in)}
-        expected |= {f"{kind}/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
-        if stochastic:
-            expected |= {f"anchor/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
-        present = set(arrays) - {META_KEY}
-        if present != expected:
-            odd = sorted(present ^ expected)[0]
-            raise ManifestError(f"{name}: entry {odd!r} {'is missing' if odd in expected else 'is not expected'}; "
-                                f"the golden file is damaged", key=odd)
         sets = [tuple(arrays[f"input/{i}/{j}"] for j in range(n_in)) for i in range(n_sets)]
         for i, s in enumerate(sets):
             sig.check(s, f"{name}: input set {i}")
         per_set = [[arrays[f"{kind}/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)]
         anchors = [[arrays[f"anchor/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)] if stochastic else []
-        tolerances = {k: float(meta[k]) for k in ("atol", "rtol")
-                      if isinstance(meta.get(k), (int, float)) and not isinstance(meta.get(k), bool) and meta[k] >= 0}
+        tolerances: dict[str, float] = {k: float(meta[k]) for k in ("atol", "rtol") if k in meta}
         warnings = [w for w in meta.get("warnings", []) if isinstance(w, str)][:10]
         return cls(PI.InputSets(sets, list(meta["sources"])), stochastic, meta["samples"] if stochastic else None,
                    [] if stochastic else per_set, per_set if stochastic else [], anchors, warnings, tolerances)
@@ -171,19 +174,42 @@ class GoldenSide:
         return draws, anchor
 
 
+class _Declared:
+    """What an entry's ``.npy`` header declares, for the signature check before it is read."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+
+
 _META_FIELDS = {"format": str, "format_version": int, "stochastic": bool, "sets": int, "inputs": int,
                 "outputs": int, "sources": list, "seed": int}
+# The largest tolerances a golden file may carry: beyond them a check passes nearly anything.
+MAX_ATOL, MAX_RTOL = 1e3, 1.0
 
 
-def _meta(name: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    raw = arrays.get(META_KEY)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_META:
-        raise ManifestError(f"{name}: not a hookwrap golden file (no {META_KEY!r} entry); write one with "
-                            f"hookwrap record", key=META_KEY)
+def _entries(meta: dict[str, Any]) -> set[str]:
+    """The array entries that a golden file with this metadata holds."""
+    n_sets, n_in, n_out = meta["sets"], meta["inputs"], meta["outputs"]
+    kind = "draw" if meta["stochastic"] else "output"
+    expected = {f"input/{i}/{j}" for i in range(n_sets) for j in range(n_in)}
+    expected |= {f"{kind}/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
+    if meta["stochastic"]:
+        expected |= {f"anchor/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
+    return expected
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"the non-standard JSON constant {text} is not read")
+
+
+def _meta(name: str, raw: np.ndarray) -> dict[str, Any]:
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_META:
+        raise ManifestError(f"{name}: not a hookwrap golden file ({META_KEY!r} is not UTF-8 JSON bytes); write "
+                            f"one with hookwrap record", key=META_KEY)
     try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
+        meta = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError, UnicodeError) as exc:
-        raise ManifestError(f"{name}: entry {META_KEY!r} is not valid JSON ({type(exc).__name__})",
+        raise ManifestError(f"{name}: entry {META_KEY!r} is not valid JSON ({type(exc).__name__}: {exc})",
                             key=META_KEY) from None
     if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
         raise ManifestError(f"{name}: not a hookwrap golden file", key=META_KEY)
@@ -200,4 +226,9 @@ def _meta(name: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         raise ManifestError(f"{name}: golden field 'sources' must name each set", key="sources")
     if meta["stochastic"] and not (isinstance(meta.get("samples"), int) and meta["samples"] >= 4):
         raise ManifestError(f"{name}: a stochastic golden file needs 'samples' >= 4", key="samples")
+    for key, top in (("atol", MAX_ATOL), ("rtol", MAX_RTOL)):
+        value = meta.get(key)
+        if key in meta and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= top):
+            raise ManifestError(f"{name}: golden field {key!r} is {str(value)[:30]}; a tolerance must be a finite "
+                                f"number from 0 to {top:g}", key=key)
     return meta

@@ -66,6 +66,7 @@ from torch import nn
 
 from . import wrappers as W
 from ._fs import atomic_path, fd_path, file_errors, open_regular
+from ._graph_check import budget_for
 from ._txn import transaction
 from ._version import __version__
 from .errors import HookwrapError, InvalidArgumentError, ManifestError
@@ -231,25 +232,7 @@ def _read_header(p: Path, fh: BinaryIO) -> _Header:
     spans: list[tuple[int, int, str]] = []
     tensors: dict[str, tuple[str, list[int]]] = {}
     for key, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ManifestError(f"{name}: header entry {key!r} is not a tensor description", key=key)
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPES:
-            raise ManifestError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}", key=key)
-        if not isinstance(shape, list) or len(shape) > 64 or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in shape):
-            raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {str(shape)[:80]}", key=key)
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {str(offsets)[:80]}", key=key)
-        begin, end = offsets
-        numel = 1
-        for s in shape:
-            numel *= s
-        if not 0 <= begin <= end or end - begin != numel * _DTYPES[dtype][1]:
-            raise ManifestError(
-                f"{name}: tensor {key!r} spans bytes {begin}..{end} but {dtype}{shape} needs "
-                f"{numel * _DTYPES[dtype][1]}", key=key)
+        dtype, shape, begin, end = _tensor_entry(name, key, entry)
         spans.append((begin, end, key))
         tensors[key] = (dtype, shape)
     spans.sort()
@@ -271,6 +254,36 @@ def _read_header(p: Path, fh: BinaryIO) -> _Header:
     manifest = _parse_manifest(name, meta, tensors)
     start = 8 + n
     return _Header(p, fh, tensors, meta, manifest, {k: (start + b, start + e) for b, e, k in spans}, size)
+
+
+def _tensor_entry(name: str, key: str, entry: Any) -> tuple[str, list[int], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, every part checked: a known dtype,
+    at most 64 sizes that do not multiply past 2**62 (a size of 0 among them or not: torch
+    computes strides from the others), and a byte range as long as the shape needs."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ManifestError(f"{name}: header entry {key!r} is not a tensor description", key=key)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPES:
+        raise ManifestError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}", key=key)
+    if not isinstance(shape, list) or len(shape) > 64 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in shape):
+        raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {str(shape)[:80]}", key=key)
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {str(offsets)[:80]}", key=key)
+    begin, end = offsets
+    numel, nonzero = 1, 1
+    for s in shape:
+        numel *= s
+        nonzero *= max(s, 1)
+    if nonzero * _DTYPES[dtype][1] >= 2**62:
+        raise ManifestError(f"{name}: tensor {key!r} has a shape {str(shape)[:80]} whose sizes multiply past "
+                            f"2**62", key=key)
+    if not 0 <= begin <= end or end - begin != numel * _DTYPES[dtype][1]:
+        raise ManifestError(
+            f"{name}: tensor {key!r} spans bytes {begin}..{end} but {dtype}{shape} needs "
+            f"{numel * _DTYPES[dtype][1]}", key=key)
+    return dtype, shape, begin, end
 
 
 def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any] | None:
@@ -657,9 +670,10 @@ def _base_module(base: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     return model
 
 
-def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str) -> None:
-    """Build every wrapper the manifest names (already checked by ``_check_wrapper_specs``)
-    and install them; each module is checked before any is changed."""
+def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str, budget: int) -> None:
+    """Build every wrapper the manifest names (already checked by ``_check_wrapper_specs``),
+    check every captured graph statically (:mod:`hookwrap._graph_check`, within ``budget``
+    bytes) and install them; each module is checked before any is changed."""
     plan: list[tuple[str, nn.Module, list[W.Wrapper], list[W.Wrapper]]] = []
     for path in sorted(wrappers, key=lambda p: (p.count(".") + (p != ""), p)):
         entry = wrappers[path]
@@ -683,7 +697,11 @@ def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str
                 where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}" if path else \
                     f"{W.PRE if side == 'pre' else W.POST}.{i}"
                 try:
-                    items.append(W.build_wrapper(spec))
+                    wrapper = W.build_wrapper(spec)
+                    for part in wrapper.modules():
+                        if isinstance(part, W.CapturedHook):
+                            part.check_graph(module, budget=budget)
+                    items.append(wrapper)
                 except InvalidArgumentError as exc:
                     raise ManifestError(f"{name}: wrapper {where}: {exc}", key=where) from None
                 except Exception as exc:  # hostile configs must never escape as another error
@@ -797,7 +815,9 @@ def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool)
                 pass  # reported by _install_from_manifest
     with transaction(model, touched):
         if header.manifest is not None:
-            _install_from_manifest(model, header.manifest["wrappers"], name)
+            budget = budget_for((dtype, shape) for d, shape in header.tensors.values()
+                                if (dtype := _DTYPES[d][0]) is not None)
+            _install_from_manifest(model, header.manifest["wrappers"], name, budget)
         state = model.state_dict()
         missing = _check_keys(name, header, state, strict)
         tensors = _read_tensors(header, set(header.tensors))

@@ -31,9 +31,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import parity_inputs as PI
-from ._onnx import open_session, read_onnx
+from ._onnx import open_session, read_onnx, run_session
 from .compare import DEFAULT_ALPHA, DEFAULT_SAMPLES, STAT_NAMES, compare_exact, compare_statistical
-from .errors import InvalidArgumentError, ParityError
+from .errors import HookwrapError, InvalidArgumentError, ParityError
 from .parity_report import OutputCheck, ParityReport
 
 __all__ = ["check_parity", "assert_parity", "ParityReport", "OutputCheck", "DEFAULT_ALPHA", "DEFAULT_SAMPLES",
@@ -124,6 +124,18 @@ def check_parity(
         >>> report = hw.check_parity(hooked_model, "m.onnx", (x,))
         >>> bool(report), report.checks[0].max_abs_diff
     """
+    try:
+        return _check_parity(reference, onnx_path, inputs, atol, rtol, samples, seed, random_inputs, alpha, weights,
+                             progress)
+    except HookwrapError:
+        raise
+    except Exception as exc:  # every failure is a HookwrapError, with what failed
+        raise HookwrapError(f"check_parity of {os.fspath(onnx_path)!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any, atol: float | None,
+                  rtol: float | None, samples: int | None, seed: int, random_inputs: int, alpha: float,
+                  weights: str | os.PathLike[str] | None, progress: Callable[[int, int], None] | None) -> ParityReport:
     start = time.perf_counter()
     options = _Options(1e-4 if atol is None else atol, 1e-3 if rtol is None else rtol, samples, seed, alpha)
     onnx_file = read_onnx(onnx_path, graph=False)
@@ -176,10 +188,10 @@ def _run_checks(side: ReferenceSide, session: Any, sig: PI.Signature, out_names:
         feeds = dict(zip(sig.names, arrays))
         if statistical:
             ref_draws, anchor = side.draws(i, k, n_anchor)
-            got_draws = [session.run(None, feeds) for _ in range(k)]
+            got_draws = [run_session(session, feeds, what=f"the ONNX model on input set {i}") for _ in range(k)]
             refs: list[np.ndarray] = ref_draws[0]
         else:
-            refs, got = side.exact(i), session.run(None, feeds)
+            refs, got = side.exact(i), run_session(session, feeds, what=f"the ONNX model on input set {i}")
         if progress:
             progress(per_input * (i + 1), total)
         elapsed = (time.perf_counter() - t0) / max(1, len(out_names))

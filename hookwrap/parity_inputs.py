@@ -39,8 +39,9 @@ class Signature:
     def dynamic_batch(self) -> bool:
         return bool(self.shapes) and bool(self.shapes[0]) and self.shapes[0][0] is None
 
-    def check(self, arrays: tuple[np.ndarray, ...], where: str) -> None:
-        """Raise ``InvalidArgumentError`` unless ``arrays`` fit the signature."""
+    def check(self, arrays: Sequence[Any], where: str) -> None:
+        """Raise ``InvalidArgumentError`` unless ``arrays`` (anything with ``shape``, ``ndim``
+        and ``dtype``: arrays, or what an ``.npy`` header declares) fit the signature."""
         if len(arrays) != len(self.names):
             raise InvalidArgumentError(
                 f"{where}: {len(arrays)} input(s) given, the ONNX model takes {len(self.names)} {self.names}")

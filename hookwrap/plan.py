@@ -23,6 +23,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from . import wrappers as W
+from ._graph_check import budget_for
 from ._torch import unwrap_hook
 from ._txn import preserved
 from .capture import Call, Site, convert_site, record
@@ -123,8 +124,9 @@ def plan_conversion(model: nn.Module, example_inputs: tuple | None, *,
         except Exception as exc:
             raise HookwrapError(f"running example_inputs through {type(model).__name__} failed "
                                 f"({type(exc).__name__}: {exc}); pass inputs the model accepts") from exc
+    budget = budget_for((t.dtype, t.shape) for t in [*model.parameters(), *model.buffers()])
     for info in listed:
-        plan.decisions += _decide(info, model, modules, calls, global_hooks)
+        plan.decisions += _decide(info, model, modules, calls, global_hooks, budget)
     return plan
 
 
@@ -149,25 +151,26 @@ def _sites_to_record(listed: Inventory, modules: dict[str, nn.Module], model: nn
 
 
 def _decide(info: HookInfo, model: nn.Module, modules: dict[str, nn.Module],
-            calls: dict[tuple[str, str, int], list[Call]] | None, global_hooks: GlobalHooks) -> list[Decision]:
+            calls: dict[tuple[str, str, int], list[Call]] | None, global_hooks: GlobalHooks,
+            budget: int) -> list[Decision]:
     if info.path == GLOBAL_PATH and global_hooks == "convert":
         if info.kind not in FORWARD_KINDS:
             return [Decision(info, info.path, Plan.STRIP, "global gradient hook: removed from the process")]
-        return [_decide_forward(info, path, host, calls) for path, host in _global_hosts(model, info, calls)]
+        return [_decide_forward(info, path, host, calls, budget) for path, host in _global_hosts(model, info, calls)]
     if info.kind not in FORWARD_KINDS or info.plan is not Plan.CONVERT:
         fix = "remove the hook, or script the module after hooking" if info.plan is Plan.UNSUPPORTED else ""
         return [Decision(info, info.path, info.plan, info.reason, fix=fix)]
-    return [_decide_forward(info, info.path, modules[info.path], calls)]
+    return [_decide_forward(info, info.path, modules[info.path], calls, budget)]
 
 
 def _decide_forward(info: HookInfo, path: str, host: nn.Module,
-                    calls: dict[tuple[str, str, int], list[Call]] | None) -> Decision:
+                    calls: dict[tuple[str, str, int], list[Call]] | None, budget: int) -> Decision:
     known = _known_wrapper(info, host)
     if known is not None:
         return Decision(info, path, known[0], known[1], known[2], host, known[3])
     site = Site(info, path, host, "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post",
                 info.with_kwargs)
-    outcome = convert_site(site, None if calls is None else calls.get(site.key, []))
+    outcome = convert_site(site, None if calls is None else calls.get(site.key, []), budget=budget)
     return Decision(info, path, outcome.plan, outcome.detail, outcome.wrapper, host, outcome.fix)
 
 

@@ -711,6 +711,7 @@ class CapturedHook(Wrapper):
         name: str = "",
         input_dims: list[list[int | str | None]] | None = None,
         symbols: dict[str, dict[str, Any]] | None = None,
+        input_dtypes: list[str] | None = None,
         open_kwargs: bool = False,
     ) -> None:
         super().__init__()
@@ -757,6 +758,14 @@ class CapturedHook(Wrapper):
         self._graph_json = graph
         self.symbols = _check_symbols(symbols)
         self.input_dims = _check_dims(input_dims, len(self._tensor_in_idx), self.symbols)
+        if (input_dtypes is None) != (self.input_dims is None) or input_dtypes is not None and (
+                not isinstance(input_dtypes, list) or len(input_dtypes) != len(self._tensor_in_idx)
+                or not all(isinstance(d, str) and d in _TENSOR_DTYPES for d in input_dtypes)):
+            raise InvalidArgumentError("CapturedHook input_dtypes must give the dtype of each tensor input, "
+                                       "with input_dims")
+        self.input_dtypes = None if input_dtypes is None else list(input_dtypes)
+        self._checked: set[tuple] = set()  # signatures the static check passed
+        self._budget: int | None = None
         names: tuple[str, ...] = ("args", "kwargs", "output") if self.with_kwargs else ("args", "output")
         if position == "pre":
             names = names[:-1]
@@ -782,7 +791,8 @@ class CapturedHook(Wrapper):
                 for i, b in enumerate(self._constants())
             },
             "name": self.name,
-            **({} if self.input_dims is None else {"input_dims": self.input_dims, "symbols": self.symbols}),
+            **({} if self.input_dims is None else {"input_dims": self.input_dims, "symbols": self.symbols,
+                                                   "input_dtypes": self.input_dtypes}),
             **({"open_kwargs": True} if self.open_kwargs else {}),
         }
 
@@ -843,18 +853,75 @@ class CapturedHook(Wrapper):
         inputs = [leaves[i] for i in self._tensor_in_idx]
         opaque = [leaves[i] for i in self._opaque_in_idx]
         host_inputs = [_host_tensor(host, name) for name in self.host_tensors]
-        concrete = all(isinstance(t, Tensor) and all(type(n) is int for n in t.shape) for t in inputs)
-        if not concrete:  # traced by an exporter: sizes are symbolic, and a check would add guards
+        if _tracing(inputs):  # an exporter traces the model: checks would add guards or touch fake data
             outs = iter(self.forward(*inputs, *host_inputs))
         else:
             self._check_shapes(inputs)
+            self._check_at_call(inputs, host_inputs)
             try:
-                outs = iter(self.forward(*inputs, *host_inputs))
+                outs = iter(self._detached(self.forward(*inputs, *host_inputs), inputs, host_inputs))
+            except HookwrapError:
+                raise
             except Exception as exc:
                 raise HookwrapError(self._failure(inputs, exc)) from exc
         result = [next(outs) if v == TENSOR else opaque[v["opaque"]] if isinstance(v, dict) else v
                   for v in self.out_template]
         return _tree.unflatten(result, self._out_spec, like=like)
+
+    def check_graph(self, host: nn.Module, *, budget: int) -> None:
+        """The static check of :mod:`hookwrap._graph_check` for the input signature recorded
+        at capture, with ``host``'s tensors: at load, before the graph ever runs. A graph
+        without a recorded signature (format 2) is checked at its first call instead, on
+        the sizes of that call.
+
+        Raises:
+            InvalidArgumentError: the graph is refused; the message names the node.
+        """
+        self._budget = budget
+        if self.input_dtypes is None or self.input_dims is None:
+            return
+        hints = {name: rng["captured"] for name, rng in self.symbols.items()}
+        specs = [(_TENSOR_DTYPES[dtype], dims, [hints[d] if isinstance(d, str) else d if isinstance(d, int) else 1
+                                                for d in dims])
+                 for dtype, dims in zip(self.input_dtypes, self.input_dims)]
+        try:
+            fixed = [_host_tensor(host, name) for name in self.host_tensors] + self._constants()
+        except (HookwrapError, AttributeError) as exc:
+            raise InvalidArgumentError(f"CapturedHook reads a tensor its module does not have: {exc}") from None
+        self._static_check(specs, fixed)
+
+    def _static_check(self, specs: Sequence[tuple[torch.dtype, Sequence[Any], Sequence[int]]],
+                      fixed: list[Tensor]) -> None:
+        from ._graph import GraphFormatError
+        from ._graph_check import DEFAULT_BUDGET, InputSpec, check_graph
+
+        key = (tuple((dtype, tuple(dims)) for dtype, dims, _ in specs),
+               tuple((t.dtype, tuple(t.shape)) for t in fixed))
+        if key in self._checked:
+            return
+        inputs = [InputSpec(dtype, tuple(dims), tuple(int(h) for h in hints)) for dtype, dims, hints in specs]
+        inputs += [InputSpec(t.dtype, tuple(int(n) for n in t.shape), tuple(int(n) for n in t.shape)) for t in fixed]
+        try:
+            check_graph(self._gm, inputs, self._budget or DEFAULT_BUDGET)
+        except GraphFormatError as exc:
+            raise InvalidArgumentError(f"CapturedHook graph refused: {exc}") from None
+        if len(self._checked) > 64:
+            self._checked.clear()
+        self._checked.add(key)
+
+    def _check_at_call(self, inputs: list[Tensor], host_inputs: list[Tensor]) -> None:
+        """Before the graph runs on real tensors: the static check for this call's dtypes, if
+        they are not those the graph was checked for at load (a model moved to another
+        dtype, or a format-2 graph, checked on this call's sizes)."""
+        fixed = host_inputs + self._constants()
+        if self.input_dims is not None and self.input_dtypes is not None:
+            specs = [(t.dtype, dims, list(t.shape)) for t, dims in zip(inputs, self.input_dims)]
+        else:
+            specs = [(t.dtype, list(t.shape), list(t.shape)) for t in inputs]
+        try:
+            self._static_check(specs, fixed)
+        except InvalidArgumentError as exc:
+            raise HookwrapError(self._failure(inputs, exc)) from None
 
     def _check_shapes(self, inputs: list[Tensor]) -> None:
         """Refuse, with the dimension named, a call whose sizes the graph was not captured for:
@@ -887,6 +954,21 @@ class CapturedHook(Wrapper):
                                                f"was checked for ({rng['min']} to {top}; {rng['captured']} at "
                                                f"capture)")
                 bound.setdefault(want, (size, i, d))
+
+    def _detached(self, outputs: Sequence[Tensor], inputs: list[Tensor], host_inputs: list[Tensor]) -> list[Tensor]:
+        """The graph's outputs, each a tensor of its own: one that shares memory with a host
+        tensor or a constant, or is a view of an input (not the input itself, which a hook may
+        pass along), is cloned, so nothing downstream (an in-place ReLU) writes through it."""
+        guarded = {t.untyped_storage().data_ptr() for t in [*host_inputs, *self._constants()] if t.numel()}
+        viewed = {t.untyped_storage().data_ptr(): t for t in inputs if t.numel()}
+        out = []
+        for t in outputs:
+            if isinstance(t, Tensor) and t.numel():
+                ptr = t.untyped_storage().data_ptr()
+                if ptr in guarded or (ptr in viewed and not any(t is i for i in inputs)):
+                    t = t.clone()
+            out.append(t)
+        return out
 
     def _shape_error(self, index: int, detail: str) -> HookwrapError:
         return HookwrapError(
@@ -931,6 +1013,19 @@ class CapturedHook(Wrapper):
 
         super().__setstate__(state)
         object.__setattr__(self, "_gm", decode(self._graph_json))
+
+
+def _tracing(tensors: list[Tensor]) -> bool:
+    """True while torch.export, dynamo, the ONNX exporters or jit trace the model: the
+    tensors are fake or functional, or their sizes symbolic."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    from torch._guards import detect_fake_mode
+
+    if detect_fake_mode(tensors) is not None:
+        return True
+    return any(not isinstance(t, Tensor) or torch._is_functional_tensor(t) or not all(type(n) is int for n in t.shape)
+               for t in tensors)
 
 
 def _aten_dropout(spatial: int | None, alpha: bool) -> Callable[..., Tensor]:

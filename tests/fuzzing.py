@@ -8,9 +8,10 @@ folder. A loaded model that holds a captured graph has only allowlisted ops and 
 once, under the same watch.
 
 The mutations: header bytes, the manifest's JSON (with a recomputed digest), the tensor
-table, the tensor data, the length prefix, and two aimed at captured hooks: a random
-graph of operators drawn from all of ``torch.ops.aten`` (half of them from the
-allowlist), whose string arguments are paths in the canary folder, and random tree specs
+table, the tensor data, the length prefix, and two aimed at captured hooks: a graph that
+is either one allowlisted operator with hostile arguments (``hostile_graph``) or random
+operators drawn from all of ``torch.ops.aten`` (half of them from the allowlist), whose
+string arguments are paths in the canary folder, and random tree specs
 (including torch's own spec format naming a canary module). Used by
 ``tests/test_fuzz.py`` (a few hundred cases in ``make test``) and
 ``benchmarks/bench_fuzz.py`` (thousands in ``make bench``).
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import graph_cases as gc
 import torch
 from helpers import small_cnn
 from hypothesis import strategies as st
@@ -105,6 +107,46 @@ def random_graph(draw: st.DrawFn, n_inputs: int, canary: Path) -> dict:
                                       graph_values(n_inputs + i, canary), max_size=2))
         nodes.append({"op": op, "args": args, "kwargs": kwargs})
     out = draw(st.integers(0, n_inputs + len(nodes) - 1))
+    return {"version": 1, "inputs": n_inputs, "nodes": nodes, "outputs": [{"n": out}]}
+
+
+@st.composite
+def hostile_graph(draw: st.DrawFn, n_inputs: int) -> dict:
+    """One allowlisted operator on the graph's own inputs, every other argument drawn from
+    the conformance harness's hostile values (tests/graph_cases.py): what an attacker who
+    keeps to the allowlist would write, and what the static check at load must judge."""
+    op = draw(st.sampled_from(sorted(ALLOWED_OPS)))
+    schema = gc._overload(op)._schema
+    args: list = []
+    kwargs: dict = {}
+    positional = True
+
+    def tensor() -> dict:
+        return {"n": draw(st.integers(0, max(n_inputs - 1, 0)))}
+
+    for arg in schema.arguments:
+        pick = draw(st.sampled_from(gc._choices(arg, hostile=draw(st.booleans()))))
+        if pick is gc._DEFAULT:
+            positional = False
+            continue
+        if isinstance(pick, tuple) and pick[0] == "tensor":
+            value = tensor()
+        elif isinstance(pick, tuple) and pick[0] == "tensors":
+            value = {"list": [None if k is None else tensor() for k in pick[1]]}
+        else:
+            value = pick
+        if arg.kwarg_only or not positional:
+            kwargs[arg.name] = value
+        else:
+            args.append(value)
+    nodes = [{"op": op, "args": args, "kwargs": kwargs}]
+    returns = [str(r.type) for r in schema.returns]
+    out = n_inputs
+    if returns and returns[0] in ("List[Tensor]",) or len(returns) > 1:
+        nodes.append({"op": "operator.getitem", "args": [{"n": n_inputs}, 0], "kwargs": {}})
+        out = n_inputs + 1
+    elif returns != ["Tensor"]:
+        out = 0
     return {"version": 1, "inputs": n_inputs, "nodes": nodes, "outputs": [{"n": out}]}
 
 
@@ -189,7 +231,8 @@ def mutated(draw: st.DrawFn, raw: bytes, canary: Path) -> tuple[str, bytes]:
         manifest = json.loads(header["__metadata__"]["hookwrap"])
         config = _captured(manifest)
         if kind == "graph":
-            config["graph"] = draw(random_graph(config["graph"]["inputs"], canary))
+            n_inputs = config["graph"]["inputs"]
+            config["graph"] = draw(hostile_graph(n_inputs) if draw(st.booleans()) else random_graph(n_inputs, canary))
         else:
             config[draw(st.sampled_from(["in_spec", "out_spec"]))] = draw(tree_specs)
         return kind, _with_manifest(header, data, manifest)

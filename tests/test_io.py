@@ -549,7 +549,7 @@ def test_format_2_captured_graphs_still_load_and_fail_by_name_at_other_sizes(tmp
     def older(manifest):
         manifest["format_version"] = 2
         config = manifest["wrappers"]["0"]["post"][0]["config"]
-        del config["input_dims"], config["symbols"]
+        del config["input_dims"], config["symbols"], config["input_dtypes"]
 
     old = rewrite(path, tmp_path / "v2.safetensors", manifest_fn=older, marker="2")
     loaded = hw.load(old, base=lambda: nn.Sequential(nn.Linear(4, 4)).eval())

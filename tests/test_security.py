@@ -439,3 +439,322 @@ def test_hookwrap_verify_exit_codes(tmp_path):
     assert ok.returncode == 0 and "intact" in ok.stdout
     assert changed.returncode == 1 and "'0.bias'" in changed.stderr
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# 7. Running a loaded model is memory-safe (issue 23): allowlisted operators with arguments
+#    the attacker chose. tests/test_graph.py runs every operator over generated hostile
+#    arguments; these are the red team's own cases, each refused at load.
+# ----------------------------------------------------------------------------------------
+
+HOST = "0.hookwrap_post.0"
+
+
+def host_reading(tmp_path):
+    """A file whose captured hook reads its module's bias: graph input 0 is the Linear's
+    output, input 1 the host's bias."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(inplace=True)).eval()
+    model[0].register_forward_hook(lambda m, a, o: o + m.bias)
+    path = tmp_path / "host.safetensors"
+    hw.save(hw.convert(model, (torch.randn(2, 4),)), path)
+    return path
+
+
+def host_base():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(inplace=True)).eval()
+
+
+def host_attack(tmp_path, nodes, outputs):
+    good = host_reading(tmp_path)
+
+    def mutate(manifest):
+        graph = manifest["wrappers"]["0"]["post"][0]["config"]["graph"]
+        graph["nodes"], graph["outputs"] = nodes, outputs
+
+    return rewrite(good, tmp_path / "attack.safetensors", manifest_fn=mutate)
+
+
+def refused_host(path, *needles):
+    base = host_base()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(hw.ManifestError) as info:
+        hw.load(path, base=base)
+    assert info.value.key == HOST and all(n in str(info.value) for n in needles), str(info.value)
+    assert state_equal(base.state_dict(), state)
+    return info.value
+
+
+META_INDEX = {"op": "aten.full.default", "args": [{"list": [2]}, 0],
+              "kwargs": {"dtype": {"dtype": "int64"}, "device": {"device": "meta"}}}
+
+
+@pytest.mark.parametrize("nodes,op", [
+    ([META_INDEX, {"op": "aten.index_select.default", "args": [{"n": 0}, 1, {"n": 2}], "kwargs": {}}],
+     "aten.full.default"),
+    ([{"op": "aten.full.default", "args": [{"list": []}, 1.0], "kwargs": {"device": {"device": "meta"}}},
+      {"op": "aten.fill.Tensor", "args": [{"n": 0}, {"n": 2}], "kwargs": {}}], "aten.full.default"),
+    ([{"op": "aten.zeros.default", "args": [{"list": [2, 4]}], "kwargs": {"device": {"device": "cuda"}}}],
+     "aten.zeros.default"),
+])
+def test_a_graph_may_name_only_the_cpu_device(tmp_path, nodes, op):
+    """A meta-device index made an allowlisted op return a CPU tensor that was never written:
+    the output carried freed heap memory. Only the CPU is a device a file may name."""
+    err = refused_host(host_attack(tmp_path, nodes, [{"n": 2 + len(nodes) - 1}]), op, "CPU")
+    assert "graph node 0" in str(err)
+
+
+@pytest.mark.parametrize("node,needle", [
+    ({"op": "aten.pad.default", "args": [{"n": 0}, {"list": [2, -5]}, "circular"], "kwargs": {}}, "circular"),
+    ({"op": "aten.instance_norm.default", "args": [{"p": 0}, None, None, {"n": 1}, {"n": 1}, True, 0.1, 1e-5, False],
+      "kwargs": {}}, "running statistics"),
+    ({"op": "aten.avg_pool2d.default", "args": [{"p": 0}, {"list": [1, 1]}, {"list": []}, {"list": [0, 0]},
+                                                False, True, -1], "kwargs": {}}, "divisor_override"),
+])
+def test_arguments_that_leave_memory_unwritten_or_write_into_arguments_are_refused(tmp_path, node, needle):
+    """Circular padding with negative pads left its output unwritten; instance_norm wrote its
+    running statistics into the host's bias (through an alias, every call); integer pooling
+    with a divisor override trapped. Refused at load, before anything runs."""
+    view = {"op": "aten.view.default", "args": [{"n": 0}, {"list": [1, 2, 2, 2]}], "kwargs": {}}
+    fixed = {**node, "args": [{"n": 2} if a == {"p": 0} else a for a in node["args"]]}
+    refused_host(host_attack(tmp_path, [view, fixed], [{"n": 3}]), node["op"], needle)
+
+
+@pytest.mark.parametrize("op,extra", [
+    ("aten.div.Tensor_mode", {"rounding_mode": "trunc"}), ("aten.div.Tensor_mode", {"rounding_mode": "floor"}),
+    ("aten.floor_divide.default", {}), ("aten.remainder.Tensor", {}), ("aten.fmod.Tensor", {}),
+])
+def test_integer_division_is_refused_at_load(tmp_path, op, extra):
+    """INT64_MIN / -1 kills the process with SIGFPE; the static check knows the dtypes."""
+    to_int = {"op": "aten._to_copy.default", "args": [{"n": 0}], "kwargs": {"dtype": {"dtype": "int64"}}}
+    divide = {"op": op, "args": [{"n": 2}, {"n": 2}], "kwargs": extra}
+    refused_host(host_attack(tmp_path, [to_int, divide], [{"n": 3}]), op, "integer")
+
+
+def test_a_graph_output_never_aliases_a_host_tensor_or_a_constant(tmp_path):
+    """The graph returns detach(bias); torchvision's ReLU(inplace=True) downstream then
+    zeroed the negative entries of the module's own bias on every call."""
+    bad = host_attack(tmp_path, [{"op": "aten.detach.default", "args": [{"n": 1}], "kwargs": {}}], [{"n": 2}])
+    model = hw.load(bad, base=host_base())
+    bias = model[0].bias.detach().clone()
+    assert (bias < 0).any()  # so a write through the alias would show
+    with torch.no_grad():
+        out = model(torch.randn(2, 4))
+    assert torch.equal(model[0].bias, bias) and torch.equal(out, torch.relu(bias))
+
+
+@pytest.mark.parametrize("nodes", [
+    [{"op": "aten.full.default", "args": [{"list": [2**40]}, 1.0], "kwargs": {}}],
+    [{"op": "aten.repeat.default", "args": [{"n": 0}, {"list": [2**14, 2**14]}], "kwargs": {}}],
+    [{"op": "aten.view.default", "args": [{"n": 0}, {"list": [1, 2, 2, 2]}], "kwargs": {}},
+     {"op": "aten.upsample_nearest2d.vec", "args": [{"n": 2}, None, {"list": [4e4, 4e4]}], "kwargs": {}}],
+    [{"op": "aten.sym_size.int", "args": [{"n": 0}, 0], "kwargs": {}},
+     {"op": "operator.mul", "args": [{"n": 2}, 2**20], "kwargs": {}},
+     {"op": "aten.new_zeros.default", "args": [{"n": 0}, {"list": [{"n": 3}, {"n": 3}]}], "kwargs": {}}],
+    [{"op": "aten.linspace.default", "args": [0, 1, 2**34], "kwargs": {}}],
+])
+def test_sizes_that_come_from_the_file_are_bounded_in_bytes(tmp_path, nodes):
+    """Scalar sizes, repeats, upsampling scales and size arithmetic: the static check at load
+    finds what each node would allocate without allocating anything."""
+    err = refused_host(host_attack(tmp_path, nodes, [{"n": 2 + len(nodes) - 1}]), "allocates")
+    assert "bytes" in str(err)
+
+
+def test_a_size_that_depends_on_tensor_values_is_refused(tmp_path):
+    nodes = [{"op": "aten._to_copy.default", "args": [{"n": 0}], "kwargs": {"dtype": {"dtype": "int64"}}},
+             {"op": "aten.sum.default", "args": [{"n": 2}], "kwargs": {}},
+             {"op": "aten.item.default", "args": [{"n": 3}], "kwargs": {}},
+             {"op": "aten.zeros.default", "args": [{"list": [{"n": 4}]}], "kwargs": {}}]
+    refused_host(host_attack(tmp_path, nodes, [{"n": 5}]), "depends on tensor values")
+
+
+def test_a_header_shape_that_overflows_with_a_zero_size_is_refused(tmp_path):
+    """A zero-element shape whose other sizes multiply past int64 escaped as a raw RuntimeError
+    from verify and load, so hookwrap verify exited 2."""
+    good = hooked_small(tmp_path)
+    bad = edit_header(good, tmp_path / "zero.safetensors",
+                      lambda t: t.replace('"2.bias":{"dtype":"F32","shape":[8]',
+                                          '"2.bias":{"dtype":"F32","shape":[0,4611686018427387903,1048576]', 1))
+    for action in (lambda: hw.verify(bad), lambda: hw.load(bad, base=small_cnn())):
+        with pytest.raises(hw.ManifestError, match="2.bias"):
+            action()
+    cli = Path(sys.executable).parent / "hookwrap"
+    proc = subprocess.run([str(cli), "verify", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "2.bias" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# 8. The torch-free gate: golden files and ONNX files from outside (issue 23)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("golden")
+    model, x = small_cnn(), torch.randn(2, 3, 10, 10)
+    hw.export_onnx(model, (x,), folder / "m.onnx")
+    hw.record(model, (x,), folder / "golden.npz")
+    return folder
+
+
+def _entries(path: Path) -> dict:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _write_zip(dst: Path, entries: dict, big: tuple[str, int, int] | None = None) -> Path:
+    """An .npz of ``entries`` (arrays) plus, if given, ``big`` = (name, bytes, compression):
+    an entry of that many zero bytes behind a .npy header, written in chunks."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as archive:
+        if big is not None:
+            name, nbytes, method = big
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                                         "shape": (nbytes // 4,)})
+            info = zipfile.ZipInfo(f"{name}.npy")
+            info.compress_type = method
+            with archive.open(info, "w", force_zip64=True) as out:
+                out.write(head.getvalue())
+                chunk = bytes(1 << 20)
+                for _ in range(nbytes >> 20):
+                    out.write(chunk)
+        for key, value in entries.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, value, allow_pickle=False)
+            archive.writestr(f"{key}.npy", buf.getvalue())
+    return dst
+
+
+GATE_MEMORY = textwrap.dedent("""
+    import resource, sys
+    import hookwrap as hw
+    folder = {folder!r}
+    hw.check_parity(folder + "/golden.npz", folder + "/m.onnx")  # warm up every import
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        hw.check_parity({bad!r}, folder + "/m.onnx")
+        print("passed")
+    except hw.HookwrapError as exc:
+        print("refused:", str(exc).replace(chr(10), " "))
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+""")
+
+
+def gate_memory(folder: Path, bad: Path) -> tuple[str, float]:
+    code = GATE_MEMORY.format(folder=str(folder), bad=str(bad))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    outcome, growth = proc.stdout.strip().split("\n")[-2:]
+    return outcome, float(growth)
+
+
+def test_a_golden_bzip2_bomb_is_refused_before_it_inflates(golden, tmp_path):
+    """A kilobyte of bzip2 that really inflates to 256 MiB grew peak memory by gigabytes."""
+    import zipfile
+
+    entries = _entries(golden / "golden.npz")
+    entries.pop("input/0/0")
+    bomb = _write_zip(tmp_path / "bomb.npz", entries, ("input/0/0", 256 << 20, zipfile.ZIP_BZIP2))
+    assert bomb.stat().st_size < 64 << 10
+    outcome, growth = gate_memory(golden, bomb)
+    assert outcome.startswith("refused:") and "'input/0/0'" in outcome and "method 12" in outcome, outcome
+    assert growth < 32, growth
+
+
+def test_a_golden_entry_that_does_not_fit_the_model_is_refused_before_it_is_read(golden, tmp_path):
+    """Deflate inflates at most about 1,000 times, so a 256 KiB entry can hold 256 MiB: its
+    header is checked against the ONNX inputs (and the metadata first) before a byte is read."""
+    import zipfile
+
+    entries = _entries(golden / "golden.npz")
+    entries.pop("input/0/0")
+    big = _write_zip(tmp_path / "big.npz", entries, ("input/0/0", 256 << 20, zipfile.ZIP_DEFLATED))
+    outcome, growth = gate_memory(golden, big)
+    assert outcome.startswith("refused:") and "input set 0" in outcome and "shape" in outcome, outcome
+    assert growth < 32, growth
+    meta = json.loads(entries["__hookwrap_golden__"].tobytes())
+    meta["sets"] = 10**9
+    import numpy as np
+
+    entries["__hookwrap_golden__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    entries.pop("output/0/0")
+    broken = _write_zip(tmp_path / "meta.npz", entries, ("output/0/0", 256 << 20, zipfile.ZIP_DEFLATED))
+    outcome, growth = gate_memory(golden, broken)
+    assert outcome.startswith("refused:") and "counts are out of range" in outcome and growth < 32, outcome
+
+
+@pytest.mark.parametrize("field,text", [("rtol", "1e300"), ("atol", "Infinity"), ("rtol", "NaN"),
+                                        ("atol", "-1.0"), ("rtol", "true")])
+def test_golden_tolerances_are_finite_and_bounded(golden, tmp_path, field, text):
+    """A golden file's own rtol of 1e300 (or a non-standard Infinity) made check --golden
+    --strict pass a model off by a factor of 1000, with no warning."""
+    import numpy as np
+
+    entries = _entries(golden / "golden.npz")
+    raw = entries["__hookwrap_golden__"].tobytes().decode()
+    meta = json.loads(raw)
+    meta[field] = 0.5  # a placeholder, replaced as text: json.dumps would not write Infinity
+    doctored = json.dumps(meta).replace(f'"{field}": 0.5', f'"{field}": {text}')
+    entries["__hookwrap_golden__"] = np.frombuffer(doctored.encode(), dtype=np.uint8)
+    bad = _write_zip(tmp_path / "tol.npz", entries)
+    with pytest.raises(hw.ManifestError) as info:
+        hw.check_parity(bad, golden / "m.onnx")
+    assert field in str(info.value) or "Infinity" in str(info.value) or "NaN" in str(info.value)
+
+
+def test_the_golden_gate_raises_only_hookwrap_errors_when_onnxruntime_fails(tmp_path):
+    """An input set that fits the ONNX signature but not the graph made onnxruntime's own
+    Fail escape from check_parity."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "r.onnx"))
+    meta = {"format": "hookwrap-golden", "format_version": 1, "stochastic": False, "sets": 1, "inputs": 1,
+            "outputs": 1, "sources": ["crafted"], "seed": 0, "atol": 1e-4, "rtol": 1e-3}
+    entries = {"__hookwrap_golden__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+               "input/0/0": np.zeros(5, np.float32), "output/0/0": np.zeros((2, 3), np.float32)}
+    bad = _write_zip(tmp_path / "g.npz", entries)
+    with pytest.raises(hw.HookwrapError, match="onnxruntime failed to run"):
+        hw.check_parity(bad, tmp_path / "r.onnx")
+
+
+def test_external_data_inside_local_functions_is_checked(tmp_path):
+    """check_external_data walked the main graph and its subgraphs, not the subgraphs of
+    nodes inside model.functions."""
+    from onnx import TensorProto, helper
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"\0" * 64)
+    (tmp_path / "m").mkdir()
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weights.ClearField("float_data")
+    weights.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../outside.bin"), ("offset", "0"), ("length", "16")):
+        weights.external_data.add(key=key, value=value)
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])], [weights])
+    cond = helper.make_node("If", ["c"], ["o"], then_branch=branch, else_branch=branch)
+    function = helper.make_function("local", "f", ["c"], ["o"], [cond], [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("f", ["c"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    path = tmp_path / "m" / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(hw.HookwrapError, match="outside.bin"):
+        hw.check_parity(small_cnn(), path, (torch.zeros(()),))
