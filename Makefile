@@ -11,6 +11,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# steering-vectors pins transformers<5; it runs with ours, so it goes in without its dependencies
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt steering-vectors
 	@touch $(STAMP)
 
 # The seed article through the command line: inventory, conversion report, files, parity.

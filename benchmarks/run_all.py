@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["cli", "convert", "io", "journey", "gate", "bisect", "growth", "fuzz", "zoo", "timm", "transformers"]
+ORDER = ["cli", "convert", "io", "journey", "gate", "bisect", "growth", "fuzz", "zoo", "timm", "transformers",
+         "hooklibs"]
 MINUTES_LIMIT = 75
 
 

@@ -116,7 +116,7 @@ ALLOWED_FAMILIES: dict[str, tuple[str, ...]] = {
     ),
     "casts_copies": (
         "to.dtype", "to.dtype_layout", "to.device", "to.other", "type_as.default", "_to_copy.default",
-        "clone.default", "contiguous.default", "detach.default", "lift_fresh_copy.default",
+        "clone.default", "contiguous.default", "detach.default", "lift_fresh_copy.default", "copy.default",
         "_assert_tensor_metadata.default",
     ),
     "creation": (

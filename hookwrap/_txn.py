@@ -144,8 +144,8 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False,
     With ``share_tensors=True`` the copy's modules, hooks and attributes are new but its
     parameters and buffers are the original tensor objects: a cheap copy for work that
     changes the model's structure but never its weights. The tensors of the modules in
-    ``own`` are copied all the same: work that changes those (baking a weight transform)
-    then leaves the original alone.
+    ``own`` (and of their submodules) are copied all the same: work that changes those
+    (baking a weight transform) then leaves the original alone.
 
     Pruning, ``weight_norm`` and ``spectral_norm`` leave a computed, non-leaf tensor as a
     plain attribute (``module.weight``), and models such as timm's LeViT keep non-leaf
@@ -162,8 +162,9 @@ def deepcopy_model(model: nn.Module, what: str, *, share_tensors: bool = False,
     if share_tensors:
         for tensor in [*model.parameters(), *model.buffers()]:
             memo[id(tensor)] = tensor
-        for module in own:  # their tensors will be changed in the copy (baking): copy those
-            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        for module in own:  # their tensors will be changed in the copy (baking): copy those, the
+            # parametrizations' originals included, which remove_parametrizations writes with set_()
+            for tensor in [*module.parameters(), *module.buffers()]:
                 memo.pop(id(tensor), None)
     for mod in model.modules():
         for value in mod.__dict__.values():

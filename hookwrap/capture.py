@@ -84,6 +84,7 @@ class Call:
     returned_none: bool
     mutated: list[str]
     side_effect: str | None
+    own_activation: bool = True  # every in-place write was to the hook's own activation
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Outcome:
     wrapper: W.Wrapper | None = None
     fix: str = ""
     calls: int = 0
+    side_effect: bool = False  # a stripped observer that changes Python state
 
 
 # --------------------------------------------------------------------------------------
@@ -191,8 +193,9 @@ def _fresh(call: Call) -> Any:
     return _clone_tree(call.inputs) if call.mutated else call.inputs
 
 
-def _versions(tree: Any) -> list[int]:
-    return [v._version for v in _pytree.tree_leaves(tree) if isinstance(v, Tensor)]
+def _versions(tree: Any) -> list[tuple[int, int]]:
+    """``(id, version)`` of every tensor in ``tree``: an in-place write bumps the version."""
+    return [(id(v), v._version) for v in _pytree.tree_leaves(tree) if isinstance(v, Tensor)]
 
 
 def _input_names(position: str, with_kwargs: bool) -> list[str]:
@@ -218,11 +221,18 @@ def _make_proxy(
         result = hook(module, *rest)
         after_s = _state_of(hook, module)
         after_v = [_versions(part) for part in rest]
-        mutated = [names[i] for i, (a, b) in enumerate(zip(before_v, after_v)) if a != b]
+        changed = {names[i]: {t for (t, v0), (_, v1) in zip(b, a) if v0 != v1}
+                   for i, (b, a) in enumerate(zip(before_v, after_v))}
+        mutated = [name for name, ids in changed.items() if ids]
+        # what a hook writes in place into its own activation is its effect: the output of
+        # a forward hook (also through its args, when the module returns its input, as an
+        # identity hook point does), or what a pre-hook's module will receive
+        outputs = {t for t, _ in _versions(rest[-1])} if position == "post" else set()
+        own = position == "pre" or all(ids <= outputs for name, ids in changed.items() if name != "output")
         side = None
         if before_s != after_s:
             side = "changes Python state it can reach (its closure, globals, self or the module)"
-        calls.append(Call(kept, result is None, mutated, side))
+        calls.append(Call(kept, result is None, mutated, side, own))
         return result
 
     return proxy
@@ -1169,15 +1179,15 @@ def _classify_calls(calls: list[Call]) -> Outcome | None:
         why = "observer: returned None and changed no tensor"
         if side:
             why += f"; it {side}, which a saved or exported model cannot keep"
-        return Outcome(Plan.STRIP, why, calls=n)
+        return Outcome(Plan.STRIP, why, calls=n, side_effect=bool(side))
     if side:
         return Outcome(Plan.UNSUPPORTED, f"it changes outputs and also {side}; a module cannot reproduce that side "
                                          f"effect.", fix=_FIX_REWRITE, calls=n)
-    bad_mut = sorted({m for c in calls for m in c.mutated if m != "output"})
+    bad_mut = sorted({m for c in calls if not c.own_activation for m in c.mutated if m != "output"})
     if bad_mut:
-        return Outcome(Plan.UNSUPPORTED, f"it modifies its {', '.join(bad_mut)} in place, which other code may "
-                                         f"still use.", fix="return new tensors instead of modifying inputs in place",
-                       calls=n)
+        return Outcome(Plan.UNSUPPORTED, f"it modifies its {', '.join(bad_mut)} in place after the module ran, "
+                                         f"which the module's caller may still use; a module cannot reproduce that.",
+                       fix="return new tensors instead of modifying the module's inputs in place", calls=n)
     return None
 
 

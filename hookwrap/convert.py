@@ -30,9 +30,9 @@ from . import wrappers as W
 from ._torch import eval_mode, first_difference, inputs_like, other_sizes, seeded_run
 from ._txn import deepcopy_model, preserved, transaction
 from .errors import Blocker, HookwrapError, InvalidArgumentError, UnconvertibleHookError
-from .inventory import FORWARD_KINDS, HookInfo, list_hooks
+from .inventory import HookInfo, list_hooks
 from .plan import RECORD_SEED, ConversionPlan, Decision, GlobalHooks, check_example_inputs, plan_conversion
-from .report import Action, Check, Plan, attach_report
+from .report import Action, Check, Kind, Plan, attach_report
 from .strip import bake_hook, remove_hook, without_hooks
 
 __all__ = ["convert", "convert_in_place", "check_example_inputs", "TRANSFORMERS_CALL_OPTIONS", "GENERATE_TOKENS"]
@@ -253,7 +253,7 @@ def _apply(model: nn.Module, plan: ConversionPlan) -> list[Action]:
     paths: dict[int, str] = {}
     for d in plan.decisions:
         key = (id(d.info.container()), d.info.hook_id)
-        if d.plan is Plan.BAKE and d.info.kind in FORWARD_KINDS:
+        if d.plan is Plan.BAKE and (d.info.is_forward or d.info.kind is Kind.PARAMETRIZATION):
             actions.append(replace(d.action(), detail=bake_hook(d.info)))
             done.add(key)
             continue
@@ -268,7 +268,7 @@ def _apply(model: nn.Module, plan: ConversionPlan) -> list[Action]:
         actions.append(d.action())
     for host_id, host in hosts.items():
         W.install(host, pre.get(host_id, []), post.get(host_id, []), path=paths[host_id])
-    left = [h for h in list_hooks(model, include_global=False) if h.kind in FORWARD_KINDS and not h.is_model_machinery]
+    left = [h for h in list_hooks(model, include_global=False) if h.is_forward and not h.is_model_machinery]
     if left:
         raise HookwrapError("internal error: forward hooks remain after conversion: "
                             + ", ".join(f"{h.path} [{h.kind}] {h.name}" for h in left))
@@ -293,7 +293,7 @@ def _diagnose(model: nn.Module, plan: ConversionPlan, mismatch: _Mismatch) -> li
     one whose absence changes the outputs feeds the model's own forward."""
     probe, expected = mismatch.probe, mismatch.expected
     which = probe.what
-    observers = [d.info for d in plan.of(Plan.STRIP) if d.info.kind in FORWARD_KINDS and not d.info.kind.startswith("global")]
+    observers = [d.info for d in plan.of(Plan.STRIP) if d.info.is_forward and not d.info.kind.is_global]
     at_fault: list[HookInfo] = []
     if observers:
         _hooked(probe, model)  # state that hooks keep between calls now holds this input's, as when expected ran
@@ -306,10 +306,10 @@ def _diagnose(model: nn.Module, plan: ConversionPlan, mismatch: _Mismatch) -> li
                         at_fault.append(info)
     where = mismatch.difference.split(":")[0]
     if at_fault:
-        return [Blocker(h.path, h.kind, h.name,
+        return [Blocker(h.where, h.kind, h.name,
                         f"it returns None and changes no tensor, but the model's own forward reads back what it "
                         f"stores: without it, {where} changes on {which}. A module cannot carry that side effect.",
-                        _TIMM_FIX if h.origin == "timm" else _TAP_FIX) for h in at_fault]
+                        _TAP_FIX) for h in at_fault]
     if probe.kwargs:
         late = _after_machinery(plan, which, mismatch.difference)
         if late:
@@ -325,11 +325,11 @@ def _after_machinery(plan: ConversionPlan, which: str, difference: str) -> list[
     module (transformers installs its output-capturing hooks on the first call that asks for
     hidden states): on the hooked model that machinery saw the output before these hooks
     changed it; on the converted one, and on any model loaded from a file, after."""
-    kept = [d for d in plan.of(Plan.KEEP) if d.info.is_model_machinery and d.info.kind == "forward"]
-    late = [d for d in plan.of(Plan.CONVERT) if d.info.kind == "forward"
+    kept = [d for d in plan.of(Plan.KEEP) if d.info.is_model_machinery and d.info.kind is Kind.FORWARD]
+    late = [d for d in plan.of(Plan.CONVERT) if d.info.kind is Kind.FORWARD
             and any(k.path == d.path and k.info.hook_id < d.info.hook_id for k in kept)]
     return [Blocker(
-        d.path, d.info.kind, d.info.name,
+        d.where, d.info.kind, d.info.name,
         f"the model's own output-capturing hook ({_machinery_names(kept, d.path)}) on this module was registered "
         f"before this hook, so on {which} the hooked model records the module's output before this hook changes "
         f"it, while the converted model, like any model loaded from a file, where the library installs that hook "
@@ -357,8 +357,7 @@ def _blame_failure(model: nn.Module, plan: ConversionPlan, failure: _Failure) ->
     every converted and stripped hook. Never the inputs: the hooked model accepted them."""
     error = failure.error
     on_path = _modules_in_traceback(model, error)
-    changed = [d for d in plan.decisions if d.plan in (Plan.CONVERT, Plan.STRIP, Plan.BAKE)
-               and d.info.kind in FORWARD_KINDS]
+    changed = [d for d in plan.decisions if d.plan in (Plan.CONVERT, Plan.STRIP, Plan.BAKE) and d.info.is_forward]
     rank = {path: i for i, path in enumerate(on_path)}
     blamed = sorted((d for d in changed if d.path in rank), key=lambda d: -rank[d.path]) or changed
     text = f"{type(error).__name__}: {error}" if isinstance(error, HookwrapError) else _first_line(error)
@@ -366,7 +365,7 @@ def _blame_failure(model: nn.Module, plan: ConversionPlan, failure: _Failure) ->
     if not blamed:
         return [Blocker("", "forward", type(model).__name__, f"{detail}.",
                         "report this with the model and the hooks: it is a hookwrap bug")]
-    return [Blocker(d.path, d.info.kind, d.info.name,
+    return [Blocker(d.where, d.info.kind, d.info.name,
                     f"{detail}; this hook was {d.plan.done} on the path that failed." if d.path in rank else
                     f"{detail}; this hook was {d.plan.done}.",
                     "make the hook work on every input the model accepts (a captured graph fixes the sizes "
@@ -399,18 +398,18 @@ def _modules_in_traceback(model: nn.Module, error: BaseException) -> list[str]:
 def _blame_all(plan: ConversionPlan, which: str, difference: str) -> list[Blocker]:
     """When no single observer is at fault: the observers that change Python state (they may
     write what another hook reads) and every converted hook."""
-    writers: list[Decision] = [d for d in plan.of(Plan.STRIP) if "Python state" in d.detail]
-    kept_globals = [d for d in plan.of(Plan.KEEP) if d.info.kind in ("global_forward", "global_forward_pre")]
-    return [Blocker(d.path, d.info.kind, d.info.name,
+    writers: list[Decision] = [d for d in plan.of(Plan.STRIP) if d.side_effect]
+    kept_globals = [d for d in plan.of(Plan.KEEP) if d.info.kind.is_global and d.info.is_forward]
+    return [Blocker(d.where, d.info.kind, d.info.name,
                     f"global hooks stay registered (global_hooks='keep'), so on the converted model this one runs "
                     f"before or after the converted hooks of a module instead of between them, and the output "
                     f"differs on {which} ({difference}).",
                     "pass global_hooks='convert' to turn global hooks into wrappers too (they are then removed "
-                    "from the process)") for d in kept_globals] + [Blocker(d.path, d.info.kind, d.info.name,
+                    "from the process)") for d in kept_globals] + [Blocker(d.where, d.info.kind, d.info.name,
                     f"it was stripped as an observer, but it changes Python state, and the converted model differs "
                     f"from the hooked model on {which} ({difference}): another hook may read what it stores.",
                     _TAP_FIX) for d in writers] + [Blocker(
-        d.path, d.info.kind, d.info.name,
+        d.where, d.info.kind, d.info.name,
         f"the converted model differs from the hooked model on {which} ({difference}); the wrappers reproduce "
         f"each hook alone, so the hooks together do something else (state shared between calls, a hook that "
         f"sees what another one did, or randomness from outside torch).",
@@ -421,7 +420,3 @@ def _blame_all(plan: ConversionPlan, which: str, difference: str) -> list[Blocke
 
 _TAP_FIX = ("make the hook return the value it stores (or compute it in forward), or export the hooked model "
             "itself with hw.export_onnx, whose dynamo exporter runs the hook inline")
-_TIMM_FIX = ("this is timm's FeatureHooks (features_only with feature_cls='hook'): timm rebuilds these hooks "
-             "whenever it creates the model, so save its weights as they are (safetensors.torch.save_model) and "
-             "export it with hw.export_onnx, which exports the hooked model itself; or create the model with "
-             "feature_cls='getter', which needs no hooks")

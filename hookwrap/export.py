@@ -24,7 +24,7 @@ from ._txn import deepcopy_model
 from .convert import check_example_inputs, convert_in_place
 from .errors import Blocker, ExportError, HookwrapError, InvalidArgumentError, UnconvertibleHookError
 from .inventory import forward_hooks, list_hooks
-from .report import ConversionReport, conversion_report
+from .report import ConversionReport, Kind, Plan, conversion_report
 
 __all__ = ["export_onnx", "ExportResult", "RANDOM_OPS", "random_ops_of"]
 
@@ -185,20 +185,42 @@ def _explain(exc: BaseException, exporter: str, odd: list[str] | None = None) ->
     if exporter == "legacy" and "training mode" in text:
         return (f"the legacy exporter cannot export dropout that stays on in eval mode ({first}); "
                 f"use exporter='dynamo', which exports it with random operators")
+    missing = re.search(r"No ONNX function found for <OpOverload\(op='([\w.:]+)'", text)
+    if missing:
+        return (f"the {exporter} exporter has no ONNX translation for the operator {missing.group(1)} ({first[:200]}); "
+                f"it is in the model itself, so torch.onnx.export fails the same way without hookwrap. Fix: "
+                f"replace the module that calls it, or give the exporter a translation "
+                f"(torch.onnx.export(..., custom_translation_table=...))")
+    return f"the {exporter} exporter failed ({first})"
+
+
+def _other_exporter(model: nn.Module, example: tuple, exporter: str) -> str:
+    """After a failed export: whether the other exporter exports ``model`` (tried in a private
+    folder that is removed), so that the hint names a fix that works."""
+    import tempfile
+
     other = "legacy" if exporter == "dynamo" else "dynamo"
-    return f"the {exporter} exporter failed ({first}); exporter='{other}' may support this model"
+    with tempfile.TemporaryDirectory() as folder, eval_mode(model), torch.no_grad():
+        try:
+            run = _dynamo_export if other == "dynamo" else _legacy_export
+            run(model, example, Path(folder) / "m.onnx", dynamic_batch=False, opset=None)
+        except Exception as exc:
+            return f"; exporter='{other}' fails too ({_explain(exc, other)[:200]})"
+    return f"; exporter='{other}' exports this model (tried): pass exporter='{other}'"
 
 
 def _subject(model: nn.Module, example: tuple, exporter: str) -> tuple[nn.Module, bool, list[Blocker], list[str]]:
-    """What to export: ``model`` itself when it has no forward hooks; else a converted copy
+    """What to export: ``model`` itself when it has no forward hooks (nor parametrizations,
+    which are baked like the weight transforms of hooks); else a converted copy
     (sharing the unchanged weights; modules whose weight transforms are baked own theirs,
     since baking changes them); else, when no wrapper can stand in for a hook and the
     exporter is dynamo, a copy of the hooked model, whose hooks the exporter runs inline.
     Returns (subject, converted, inline hooks, notes)."""
-    if not forward_hooks(model):
+    listed = list_hooks(model)
+    if not forward_hooks(model) and not any(h.kind is Kind.PARAMETRIZATION for h in listed):
         return model, False, [], []
     try:
-        baked = [h.owner for h in list_hooks(model) if h.plan == "bake" and isinstance(h.owner, nn.Module)]
+        baked = [h.owner for h in listed if h.plan is Plan.BAKE and isinstance(h.owner, nn.Module)]
         # The converted copy is checked against the hooked model on the example, which the
         # exporter traces; check_parity proves the ONNX file on more inputs.
         copy = deepcopy_model(model, "export_onnx", share_tensors=True, own=baked)
@@ -276,7 +298,7 @@ def export_onnx(
     report = conversion_report(subject)
     with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name
-        with eval_mode(subject):
+        with eval_mode(subject), torch.no_grad():  # some models trace differently with autograd on (T5, Swin)
             try:
                 if exporter == "dynamo":
                     proto, inputs = _dynamo_export(subject, example, tmp, dynamic_batch=dynamic_batch, opset=opset)
@@ -285,7 +307,9 @@ def export_onnx(
             except HookwrapError:
                 raise
             except Exception as exc:
-                raise ExportError(_explain(exc, exporter, _odd_outputs(subject, example))) from exc
+                odd = _odd_outputs(subject, example)
+                hint = "" if odd else _other_exporter(subject, example, exporter)
+                raise ExportError(_explain(exc, exporter, odd) + hint) from exc
         if not proto.graph.output:
             raise ExportError(f"the exported graph has no outputs: {type(model).__name__} returned no tensor for "
                               f"example_inputs; check what the model returns")

@@ -16,23 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 from torch.nn.modules import module as _module_mod
-from torch.nn.utils import prune
-from torch.nn.utils.spectral_norm import (
-    SpectralNorm,
-    SpectralNormLoadStateDictPreHook,
-    SpectralNormStateDictHook,
-)
-from torch.nn.utils.weight_norm import WeightNorm
+from torch.nn.utils import parametrize
 
-from . import hooks as _hooks
 from ._fs import write_json
-from ._torch import unwrap_hook
 from .errors import InvalidArgumentError
-from .registry import find_converter
-from .report import ItemList, Plan
+from .registry import SOURCES, HookRef, Source, source_for
+from .report import FORWARD_KINDS, GRAD_KINDS, ItemList, Kind, Plan
 
 __all__ = [
     "HookInfo",
@@ -40,65 +31,51 @@ __all__ = [
     "list_hooks",
     "KINDS",
     "FORWARD_KINDS",
-    "ORIGINS",
     "PLANS",
-    "static_plan",
-    "origin_of",
-    "name_of",
     "forward_hooks",
-    "serves_call_options",
+    "GLOBAL_PATH",
 ]
 
-KINDS = (
-    "forward_pre", "forward", "backward_pre", "backward", "state_dict_pre", "state_dict",
-    "load_state_dict_pre", "load_state_dict_post", "global_forward_pre", "global_forward",
-    "global_backward_pre", "global_backward", "tensor",
-)
-FORWARD_KINDS = frozenset({"forward_pre", "forward", "global_forward_pre", "global_forward"})
-GRAD_KINDS = frozenset({"backward_pre", "backward", "global_backward_pre", "global_backward", "tensor"})
-ORIGINS = ("hookwrap", "prune", "weight_norm", "spectral_norm", "quantization", "user")
+KINDS = tuple(k.value for k in Kind)
 PLANS = tuple(p.value for p in Plan)
 GLOBAL_PATH = "<global>"
+assert GRAD_KINDS  # re-exported for callers of this module
 
 # (kind, attribute on nn.Module) in the order PyTorch uses them around a call.
 _MODULE_DICTS = (
-    ("forward_pre", "_forward_pre_hooks"),
-    ("forward", "_forward_hooks"),
-    ("backward_pre", "_backward_pre_hooks"),
-    ("backward", "_backward_hooks"),
-    ("state_dict_pre", "_state_dict_pre_hooks"),
-    ("state_dict", "_state_dict_hooks"),
-    ("load_state_dict_pre", "_load_state_dict_pre_hooks"),
-    ("load_state_dict_post", "_load_state_dict_post_hooks"),
+    (Kind.FORWARD_PRE, "_forward_pre_hooks"),
+    (Kind.FORWARD, "_forward_hooks"),
+    (Kind.BACKWARD_PRE, "_backward_pre_hooks"),
+    (Kind.BACKWARD, "_backward_hooks"),
+    (Kind.STATE_DICT_PRE, "_state_dict_pre_hooks"),
+    (Kind.STATE_DICT, "_state_dict_hooks"),
+    (Kind.LOAD_STATE_DICT_PRE, "_load_state_dict_pre_hooks"),
+    (Kind.LOAD_STATE_DICT_POST, "_load_state_dict_post_hooks"),
 )
 _GLOBAL_DICTS = (
-    ("global_forward_pre", "_global_forward_pre_hooks"),
-    ("global_forward", "_global_forward_hooks"),
-    ("global_backward_pre", "_global_backward_pre_hooks"),
-    ("global_backward", "_global_backward_hooks"),
+    (Kind.GLOBAL_FORWARD_PRE, "_global_forward_pre_hooks"),
+    (Kind.GLOBAL_FORWARD, "_global_forward_hooks"),
+    (Kind.GLOBAL_BACKWARD_PRE, "_global_backward_pre_hooks"),
+    (Kind.GLOBAL_BACKWARD, "_global_backward_hooks"),
 )
 _TENSOR_DICTS = ("_backward_hooks", "_post_accumulate_grad_hooks")
-
-# Libraries whose hooks we name by package when we meet them.
-_KNOWN_LIBRARIES = frozenset({
-    "accelerate", "transformers", "peft", "deepspeed", "timm", "torchvision", "captum",
-    "torchinfo", "fairscale", "lightning", "pytorch_lightning", "torchao", "bitsandbytes",
-    "hookwrap",
-})
 
 
 @dataclass(frozen=True)
 class HookInfo:
-    """One registered hook.
+    """One registered hook (or parametrization).
 
     ``path`` is the module path (``""`` the root, ``"<global>"`` a global hook; for a
-    tensor hook, the parameter or buffer name). ``plan`` is what :func:`hookwrap.convert`
-    does with it and ``reason`` says why. ``hook``, ``owner`` and ``dict_name`` locate
-    the hook itself and are not part of :meth:`to_dict`.
+    tensor hook, the parameter or buffer name); ``alias`` the name the user gave that
+    module where a library wraps modules (a TransformerLens hook point's name). ``plan`` is
+    what :func:`hookwrap.convert` does with it and ``reason`` says why; ``source`` is the
+    rule of :mod:`hookwrap.registry` that decided. For a parametrization, ``tensor`` is
+    the parametrized tensor's name. ``hook``, ``owner`` and ``dict_name`` locate the hook
+    itself; they, and ``source``, are not part of :meth:`to_dict`.
     """
 
     path: str
-    kind: str
+    kind: Kind
     name: str
     hook_id: int
     with_kwargs: bool
@@ -110,14 +87,33 @@ class HookInfo:
     hook: Any = field(repr=False, compare=False)
     owner: Any = field(default=None, repr=False, compare=False)
     dict_name: str = field(default="", repr=False, compare=False)
+    source: Source | None = field(default=None, repr=False, compare=False)
+    alias: str | None = None
+    tensor: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "kind": self.kind, "name": self.name, "hook_id": self.hook_id,
+        out = {
+            "path": self.path, "kind": str(self.kind), "name": self.name, "hook_id": self.hook_id,
             "with_kwargs": self.with_kwargs, "always_call": self.always_call,
             "origin": self.origin, "picklable": self.picklable, "plan": str(self.plan),
             "reason": self.reason,
         }
+        if self.alias:
+            out["alias"] = self.alias
+        if self.tensor:
+            out["tensor"] = self.tensor
+        return out
+
+    @property
+    def ref(self) -> HookRef:
+        return HookRef(Kind(self.kind), self.hook, self.owner, self.tensor)
+
+    @property
+    def where(self) -> str:
+        """The path to show people: the user's name for the module, with the module path
+        when they differ."""
+        path = self.path or "<root>"
+        return f"{self.alias} (module {path})" if self.alias and self.alias != self.path else path
 
     @property
     def is_forward(self) -> bool:
@@ -129,7 +125,7 @@ class HookInfo:
         """True for a forward hook that the model's own library installed to serve a call
         option (transformers' output capturing): it stays where it is, and a model that
         carries it saves, loads and converts like one without hooks."""
-        return self.kind in FORWARD_KINDS and self.path != GLOBAL_PATH and self.plan is Plan.KEEP
+        return self.source is not None and self.source.machinery
 
     def container(self) -> dict:
         """The dictionary PyTorch keeps this hook in."""
@@ -210,40 +206,6 @@ class Inventory(ItemList[HookInfo]):
         return f"Inventory({len(self._items)} hooks)"
 
 
-def name_of(hook: Any) -> str:
-    """The hook's qualified name: ``DropoutHook.hook``, ``main.<locals>.<lambda>``, ``L1Unstructured``."""
-    target = unwrap_hook(hook)
-    qual = getattr(target, "__qualname__", None)
-    if isinstance(qual, str) and not isinstance(target, type):
-        return qual
-    return type(target).__qualname__
-
-
-def origin_of(hook: Any) -> str:
-    """Where a hook comes from: hookwrap, prune, weight_norm, spectral_norm, quantization,
-    another known library (by package name), ``torch`` for other PyTorch internals, or user."""
-    target = unwrap_hook(hook)
-    owner = getattr(target, "__self__", None)
-    for obj in (target, owner):
-        if isinstance(obj, _hooks.Hook):
-            return "hookwrap"
-        if isinstance(obj, prune.BasePruningMethod):
-            return "prune"
-        if isinstance(obj, WeightNorm):
-            return "weight_norm"
-        if isinstance(obj, (SpectralNorm, SpectralNormStateDictHook, SpectralNormLoadStateDictPreHook)):
-            return "spectral_norm"
-    module_name = getattr(target, "__module__", None) or type(target).__module__ or ""
-    if module_name.startswith(("torch.ao.quantization", "torch.quantization", "torch.ao.nn")):
-        return "quantization"
-    top = module_name.split(".")[0]
-    if top in _KNOWN_LIBRARIES:
-        return top
-    if top == "torch":
-        return "torch"
-    return "user"
-
-
 class _Budget(io.RawIOBase):
     """A write-only sink that stops pickling after a byte budget."""
 
@@ -285,62 +247,6 @@ def _picklable(hook: Any, cache: dict[tuple[int, int], bool]) -> bool:
     return result
 
 
-CAPTURE_REASON = "captured from example_inputs (hw.inventory(model, example_inputs) tells the outcome)"
-
-CALL_OPTION_REASON = (
-    "transformers' output-capturing hook: it collects hidden states and attentions when the model is called "
-    "with output_hidden_states=True or output_attentions=True, and does nothing otherwise. It is the model's own "
-    "machinery (transformers installs it again on a loaded model), so it stays")
-
-
-def serves_call_options(hook: Any) -> bool:
-    """True for a hook a library installs to serve call options of the model's own forward:
-    transformers' output-capturing hooks (``transformers.utils.output_capturing``)."""
-    target = unwrap_hook(hook)
-    module_name = getattr(target, "__module__", None) or ""
-    return module_name.startswith("transformers.") and getattr(target, "__name__", "") == "output_capturing_hook"
-
-
-GLOBAL_REASON = ("global hook: it belongs to the process, not to the model, and stays registered; "
-                 "convert(..., global_hooks='convert') turns it into wrappers and removes it from the process")
-
-
-def static_plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[Plan, str]:
-    """What convert does with a hook, as far as it is known without running the model
-    (rules in order, first match wins). A hook that must be captured gets ``CONVERT`` with
-    :data:`CAPTURE_REASON`; running ``example_inputs`` decides the rest (``hookwrap.plan``)."""
-    if kind.startswith("global"):
-        return Plan.KEEP, GLOBAL_REASON
-    if kind in GRAD_KINDS:
-        return Plan.STRIP, "gradient hook: does not change forward outputs"
-    if kind in FORWARD_KINDS:
-        return _forward_plan(kind, origin, hook, owner)
-    if origin == "spectral_norm":
-        return Plan.BAKE, "part of spectral_norm: removed with remove_spectral_norm"
-    return Plan.KEEP, "state-dict hook: not on the forward path, left in place by convert"
-
-
-def _forward_plan(kind: str, origin: str, hook: Any, owner: Any) -> tuple[Plan, str]:
-    if isinstance(owner, torch.jit.ScriptModule):
-        return Plan.UNSUPPORTED, "hook on a TorchScript module, whose forward cannot be wrapped"
-    target = unwrap_hook(hook)
-    if origin == "hookwrap":
-        return Plan.CONVERT, f"hookwrap hook -> {getattr(target, '__self__', target)!r}"
-    conv = find_converter(target)
-    if conv is not None:
-        return Plan.CONVERT, f"registered converter for {conv.label} -> {conv.wrapper.__name__}"
-    baked = {"prune": "pruning mask: made permanent with torch.nn.utils.prune.remove",
-             "weight_norm": "weight_norm: made permanent with torch.nn.utils.remove_weight_norm",
-             "spectral_norm": "spectral_norm: made permanent with torch.nn.utils.remove_spectral_norm"}
-    if origin in baked:
-        return Plan.BAKE, baked[origin]
-    if origin == "quantization":
-        return Plan.STRIP, "quantization observer: removed"
-    if serves_call_options(target):
-        return Plan.KEEP, CALL_OPTION_REASON
-    return Plan.CONVERT, CAPTURE_REASON
-
-
 def _flags(kind: str, hook_id: int, owner: Any) -> tuple[bool, bool]:
     if kind == "forward_pre":
         return hook_id in owner._forward_pre_hooks_with_kwargs, False
@@ -356,12 +262,14 @@ def _flags(kind: str, hook_id: int, owner: Any) -> tuple[bool, bool]:
 
 def forward_hooks(model: nn.Module) -> list[HookInfo]:
     """The forward-path hooks that would run on ``model`` and change what it computes: all
-    but the model's own machinery (:attr:`HookInfo.is_model_machinery`). A fast check first."""
+    but those its own library installs again whenever it needs them (transformers' output
+    capturing, TransformerLens' wiring). A fast check first."""
     if not (_module_mod._global_forward_hooks or _module_mod._global_forward_pre_hooks) and not any(
         m._forward_hooks or m._forward_pre_hooks for m in model.modules()
     ):
         return []
-    return [h for h in list_hooks(model) if h.kind in FORWARD_KINDS and not h.is_model_machinery]
+    return [h for h in list_hooks(model) if h.kind in FORWARD_KINDS
+            and not (h.source is not None and h.source.reinstalled)]
 
 
 def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:
@@ -390,15 +298,21 @@ def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:
         raise InvalidArgumentError(f"list_hooks needs an nn.Module, got {type(model).__name__}")
     cache: dict[tuple[int, int], bool] = {}
     items: list[HookInfo] = []
+    aliases: dict[int, str] = {}
+    for rule in SOURCES:
+        aliases.update(rule.aliases(model))
 
-    def add(path: str, kind: str, hook_id: int, hook: Any, owner: Any, dict_name: str) -> None:
-        origin = origin_of(hook)
+    def add(path: str, kind: Kind, hook_id: int, hook: Any, owner: Any, dict_name: str, tensor: str = "") -> None:
+        ref = HookRef(kind, hook, owner, tensor)
+        source = source_for(ref)
+        plan, reason = source.plan(ref)
         with_kwargs, always = _flags(kind, hook_id, owner)
-        plan, reason = static_plan(kind, origin, hook, owner)
         items.append(HookInfo(
-            path=path, kind=kind, name=name_of(hook), hook_id=hook_id, with_kwargs=with_kwargs,
-            always_call=always, origin=origin, picklable=_picklable(hook, cache), plan=plan,
-            reason=reason, hook=hook, owner=owner, dict_name=dict_name,
+            path=path, kind=kind, name=source.name(ref), hook_id=hook_id, with_kwargs=with_kwargs,
+            always_call=always, origin=source.origin_of(ref), picklable=_picklable(hook, cache), plan=plan,
+            reason=reason, hook=hook, owner=owner, dict_name=dict_name, source=source,
+            alias=aliases.get(id(owner)) or source.alias(ref),
+            tensor=tensor,
         ))
 
     if include_global:
@@ -410,6 +324,9 @@ def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:
         for kind, attr in _MODULE_DICTS:
             for hook_id, hook in list(getattr(mod, attr, {}).items()):
                 add(path, kind, hook_id, hook, mod, attr)
+        if parametrize.is_parametrized(mod):
+            for index, (tensor, chain) in enumerate(mod.parametrizations.items()):
+                add(path, Kind.PARAMETRIZATION, index, chain, mod, "parametrizations", tensor)
         tensors = list(mod._parameters.items()) + list(mod._buffers.items())
         for name, tensor in tensors:
             if tensor is None or id(tensor) in seen_tensors:
@@ -417,5 +334,5 @@ def list_hooks(model: nn.Module, *, include_global: bool = True) -> Inventory:
             seen_tensors.add(id(tensor))
             for attr in _TENSOR_DICTS:
                 for hook_id, hook in list((getattr(tensor, attr, None) or {}).items()):
-                    add(f"{path}.{name}" if path else name, "tensor", hook_id, hook, tensor, attr)
+                    add(f"{path}.{name}" if path else name, Kind.TENSOR, hook_id, hook, tensor, attr)
     return Inventory(items, type(model).__name__)

@@ -607,7 +607,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         raise HookwrapError(
             f"{type(model).__name__} still has {len(live)} forward hook(s) ({where}), which cannot be saved; {fix}")
     wrappers = _wrapper_entries(model)
-    state, aliases = _dedupe(model.state_dict())
+    state, aliases = _dedupe(model_tensors(model))
     bad = [k for k in state if k.startswith(RESERVED_PREFIX)]
     if bad:
         raise HookwrapError(f"state_dict key {bad[0]!r} uses the prefix {RESERVED_PREFIX!r}, reserved by hookwrap")
@@ -646,8 +646,35 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         MARKER_KEY: str(FORMAT_VERSION),
         DIGEST_KEY: manifest_digest(text),
     }
+    try:  # before a byte is written: every tensor a wrapper declares is in the table
+        _check_wrapper_specs(Path(path).name, wrappers, {k: (v[0], v[1]) for k, v in table.items()})
+    except ManifestError as exc:
+        raise HookwrapError(f"save would write a file that load refuses: {exc}") from None
     with atomic_path(path) as tmp, file_errors(path, "write the file"):
         save_file(tensors, str(tmp), metadata=header_meta)
+        try:  # the file proves itself before it replaces the old one: what load checks first
+            read_manifest(tmp)
+        except ManifestError as exc:
+            raise HookwrapError(f"save would write a file that load refuses: {exc}") from None
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` plus every tensor a wrapper owns, found from the wrappers
+    themselves (``<host>.hookwrap_post.<i>.<name>``): a model may override ``state_dict``
+    (TransformerLens' bridge renames and filters keys), and a wrapper's tensors must reach
+    the file all the same."""
+    state: dict[str, torch.Tensor] = dict(model.state_dict())
+    state.update(_wrapper_tensors(model))
+    return state
+
+
+def _wrapper_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, W.Wrapper) and W.in_wrapper(path):
+            for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+                out[f"{path}.{name}"] = tensor.detach()
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -721,7 +748,30 @@ def _shared_groups(state: dict[str, torch.Tensor]) -> list[set[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], strict: bool) -> list[str]:
+def _resizes_on_load(model: nn.Module | None, key: str) -> bool:
+    """True if the module that owns ``key`` resizes that tensor in its own
+    ``_load_from_state_dict`` (torch.ao's observers and fake quantizers, whose statistics
+    have no size until they have observed something): its own loader checks the shape."""
+    quantizers = tuple(c for c in (
+        _loaded_class("torch.ao.quantization.observer", "ObserverBase"),
+        _loaded_class("torch.ao.quantization.fake_quantize", "FakeQuantizeBase")) if c is not None)
+    if model is None or not quantizers:
+        return False
+    owner_path = key.rpartition(".")[0]
+    try:
+        owner = model.get_submodule(owner_path)
+    except AttributeError:
+        return False
+    return isinstance(owner, quantizers)
+
+
+def _loaded_class(module: str, name: str) -> Any:
+    found = sys.modules.get(module)
+    return getattr(found, name, None) if found is not None else None
+
+
+def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], strict: bool,
+                model: nn.Module | None = None) -> list[str]:
     file_keys = header.tensors
     problems: list[tuple[str, str]] = []
     tied_ok: set[str] = set()
@@ -739,7 +789,7 @@ def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], stri
                 problems.append((key, f"unexpected key {key!r}: the file has it, the model does not"))
             continue
         want = state[key]
-        if list(want.shape) != shape:
+        if list(want.shape) != shape and not _resizes_on_load(model, key):
             problems.append((key, f"shape mismatch for {key!r}: the model expects {list(want.shape)}, "
                                   f"the file has {shape}"))
         elif _DTYPE_NAMES.get(want.dtype) != dtype:
@@ -800,12 +850,12 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
 def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool) -> nn.Module:
     name = header.name
     live = forward_hooks(model)
-    if live and header.manifest is not None and header.manifest["wrappers"]:
-        where = ", ".join(f"{h.path or '<root>'} [{h.kind}] {h.name}" for h in live[:5])
+    if live and header.manifest is not None:
+        where = ", ".join(f"{h.where} [{h.kind}] {h.name}" for h in live[:5])
         raise ManifestError(
-            f"{name}: the base model still has live forward hooks ({where}); the file's wrappers already "
-            f"stand for the converted hooks, and applying them on top would run them twice. Pass a base "
-            f"without hooks, or hw.strip() it first", key=live[0].path or "<root>")
+            f"{name}: the base model still has live forward hooks ({where}); the file records what became of "
+            f"every hook of the saved model (its wrappers stand for the converted ones), and these would run on "
+            f"top. Pass a base without hooks, or hw.strip() it first", key=live[0].path or "<root>")
     touched = [model]
     if header.manifest is not None:
         for wrapped in header.manifest["wrappers"]:
@@ -818,12 +868,17 @@ def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool)
             budget = budget_for((dtype, shape) for d, shape in header.tensors.values()
                                 if (dtype := _DTYPES[d][0]) is not None)
             _install_from_manifest(model, header.manifest["wrappers"], name, budget)
-        state = model.state_dict()
-        missing = _check_keys(name, header, state, strict)
+        plain = model.state_dict()
+        state = {**plain, **_wrapper_tensors(model)}
+        missing = _check_keys(name, header, state, strict, model)
         tensors = _read_tensors(header, set(header.tensors))
         if verify:
             _verify_tensors(header, tensors, header.manifest["_digests"])  # type: ignore[index]
-        _copy_tensors(model, tensors, getattr(state, "_metadata", None))
+        owned = _wrapper_tensors(model)
+        with torch.no_grad():
+            for key in [k for k in tensors if k in owned]:  # a wrapper's own tensors, whatever state_dict says
+                owned[key].copy_(tensors.pop(key))
+        _copy_tensors(model, tensors, getattr(plain, "_metadata", None))
         actions = header.manifest["_actions"] if header.manifest is not None else []
         if actions or missing:
             attach_report(model, actions, missing_keys=missing)

@@ -3,16 +3,14 @@
 Each hook gets a :class:`Decision`: its :class:`~hookwrap.report.Plan` (convert, bake,
 strip, keep, unsupported), the wrapper that stands for it, and why. ``hw.inventory``
 shows these decisions, :func:`hookwrap.convert` carries them out, and the conversion
-report records them. The rules, first match wins:
-
-1. what is known without running the model (:func:`hookwrap.inventory.static_plan`):
-   gradient hooks are stripped, state-dict hooks kept, hookwrap hook objects and
-   registered converters become their wrappers, pruning, ``weight_norm`` and
-   ``spectral_norm`` are baked, quantization observers stripped, global hooks kept (they
-   belong to the process) unless ``global_hooks="convert"``;
-2. every other forward hook is decided by running ``example_inputs``
-   (:mod:`hookwrap.capture`): observers are stripped, known patterns become plain
-   modules, anything else a ``CapturedHook``, or it is unsupported, with the reason.
+report records them. The rules are those of :mod:`hookwrap.registry`, first match wins:
+what a rule knows without running the model decides (gradient hooks stripped, state-dict
+hooks kept, hookwrap hooks and registered converters become their wrappers, weight
+transforms baked, frozen fake quantization a FakeQuantize, library hooks as their rule
+says, global hooks kept unless ``global_hooks="convert"``); a hook whose plan is
+``capture`` is decided by running ``example_inputs`` (:mod:`hookwrap.capture`): observers
+are stripped, known patterns become plain modules, anything else a ``CapturedHook``, or
+it is unsupported, with the reason.
 """
 
 from __future__ import annotations
@@ -24,14 +22,12 @@ from torch import Tensor, nn
 
 from . import wrappers as W
 from ._graph_check import budget_for
-from ._torch import unwrap_hook
 from ._txn import preserved
 from .capture import Call, Site, convert_site, record
 from .errors import Blocker, HookwrapError, InvalidArgumentError
-from .hooks import Hook
-from .inventory import FORWARD_KINDS, GLOBAL_PATH, HookInfo, Inventory, list_hooks
-from .registry import find_converter
-from .report import Action, Plan
+from .inventory import GLOBAL_PATH, HookInfo, Inventory, list_hooks
+from .registry import source_for
+from .report import PRE_KINDS, Action, Plan
 
 __all__ = ["Decision", "ConversionPlan", "plan_conversion", "inventory", "check_example_inputs", "RECORD_SEED",
            "GlobalHooks"]
@@ -68,10 +64,11 @@ class Decision:
     wrapper: W.Wrapper | None = None
     host: nn.Module | None = field(default=None, repr=False)
     fix: str = ""
+    side_effect: bool = False  # an observer that changes Python state (another hook may read it)
 
     @property
     def position(self) -> str:
-        return "pre" if self.info.kind in ("forward_pre", "global_forward_pre") else "post"
+        return "pre" if self.info.kind in PRE_KINDS else "post"
 
     def action(self) -> Action:
         wrapper = self.wrapper.kind if self.wrapper is not None else None
@@ -79,7 +76,15 @@ class Decision:
                       self.detail, wrapper, self.position if wrapper else None)
 
     def blocker(self) -> Blocker:
-        return Blocker(self.path, self.info.kind, self.info.name, self.detail, self.fix)
+        return Blocker(self.where, self.info.kind, self.info.name, self.detail, self.fix)
+
+    @property
+    def where(self) -> str:
+        """The path to name in messages: the user's name for the module where a library
+        wraps modules (TransformerLens), with the module path."""
+        if self.info.alias and self.path == self.info.path:
+            return self.info.where
+        return self.path
 
 
 @dataclass
@@ -131,11 +136,11 @@ def plan_conversion(model: nn.Module, example_inputs: tuple | None, *,
 
 
 def _needs_running(info: HookInfo, global_hooks: GlobalHooks) -> bool:
-    if info.kind not in FORWARD_KINDS:
+    if not info.is_forward:
         return False
     if info.path == GLOBAL_PATH:
         return global_hooks == "convert"
-    return info.plan is Plan.CONVERT and info.origin != "hookwrap" and find_converter(unwrap_hook(info.hook)) is None
+    return info.plan is Plan.CAPTURE
 
 
 def _sites_to_record(listed: Inventory, modules: dict[str, nn.Module], model: nn.Module,
@@ -145,7 +150,7 @@ def _sites_to_record(listed: Inventory, modules: dict[str, nn.Module], model: nn
     sites = []
     for info in listed:
         if _needs_running(info, global_hooks):
-            position = "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post"
+            position = "pre" if info.kind in PRE_KINDS else "post"
             sites.append(Site(info, info.path, modules.get(info.path, model), position, info.with_kwargs))
     return sites
 
@@ -154,46 +159,36 @@ def _decide(info: HookInfo, model: nn.Module, modules: dict[str, nn.Module],
             calls: dict[tuple[str, str, int], list[Call]] | None, global_hooks: GlobalHooks,
             budget: int) -> list[Decision]:
     if info.path == GLOBAL_PATH and global_hooks == "convert":
-        if info.kind not in FORWARD_KINDS:
+        if not info.is_forward:
             return [Decision(info, info.path, Plan.STRIP, "global gradient hook: removed from the process")]
         return [_decide_forward(info, path, host, calls, budget) for path, host in _global_hosts(model, info, calls)]
-    if info.kind not in FORWARD_KINDS or info.plan is not Plan.CONVERT:
-        fix = "remove the hook, or script the module after hooking" if info.plan is Plan.UNSUPPORTED else ""
+    if not info.is_forward or info.plan not in (Plan.CONVERT, Plan.CAPTURE):
+        fix = info.source.fix() if info.source is not None and info.plan is Plan.UNSUPPORTED else ""
         return [Decision(info, info.path, info.plan, info.reason, fix=fix)]
     return [_decide_forward(info, info.path, modules[info.path], calls, budget)]
 
 
 def _decide_forward(info: HookInfo, path: str, host: nn.Module,
                     calls: dict[tuple[str, str, int], list[Call]] | None, budget: int) -> Decision:
-    known = _known_wrapper(info, host)
-    if known is not None:
-        return Decision(info, path, known[0], known[1], known[2], host, known[3])
-    site = Site(info, path, host, "pre" if info.kind in ("forward_pre", "global_forward_pre") else "post",
-                info.with_kwargs)
+    """A forward hook at one module: its rule's plan, the wrapper its rule builds, or capture.
+    A global hook being converted is decided as if it were registered on ``host``."""
+    ref = replace(info.ref, owner=host)
+    source = source_for(ref, skip_global=True) if info.path == GLOBAL_PATH else info.source
+    assert source is not None
+    plan, reason = source.plan(ref)
+    if plan is Plan.CONVERT:
+        try:
+            wrapper = source.build(ref, host)
+        except HookwrapError as exc:
+            return Decision(info, path, Plan.UNSUPPORTED, str(exc), host=host,
+                            fix="fix the converter so that it returns its declared wrapper type")
+        return Decision(info, path, Plan.CONVERT, source.decided(ref, wrapper), wrapper, host)
+    if plan is not Plan.CAPTURE:
+        return Decision(info, path, plan, reason, host=host, fix=source.fix() if plan is Plan.UNSUPPORTED else "")
+    site = Site(info, path, host, "pre" if info.kind in PRE_KINDS else "post", info.with_kwargs)
     outcome = convert_site(site, None if calls is None else calls.get(site.key, []), budget=budget)
-    return Decision(info, path, outcome.plan, outcome.detail, outcome.wrapper, host, outcome.fix)
-
-
-def _known_wrapper(info: HookInfo, host: nn.Module) -> tuple[Plan, str, W.Wrapper | None, str] | None:
-    """The decision for hookwrap hook objects and registered converters, or None."""
-    target = unwrap_hook(info.hook)
-    owner = getattr(target, "__self__", target)
-    if info.origin == "hookwrap" and isinstance(owner, Hook):
-        made = owner.to_module()
-        return Plan.CONVERT, f"hookwrap hook -> {made!r}", made, ""
-    conv = find_converter(target)
-    if conv is None:
-        return None
-    fix = "fix the converter so that it returns its declared wrapper type"
-    try:
-        wrapper = conv.build(target, host)
-    except Exception as exc:
-        return Plan.UNSUPPORTED, f"the converter registered for {conv.label} raised {type(exc).__name__}: {exc}.", \
-            None, fix
-    if not isinstance(wrapper, conv.wrapper) or not isinstance(wrapper, W.Wrapper):
-        return Plan.UNSUPPORTED, (f"the converter registered for {conv.label} returned {type(wrapper).__name__}, "
-                                  f"not the declared wrapper type {conv.wrapper.__name__}."), None, fix
-    return Plan.CONVERT, f"registered converter for {conv.label} -> {wrapper!r}", wrapper, ""
+    return Decision(info, path, outcome.plan, outcome.detail, outcome.wrapper, host, outcome.fix,
+                    side_effect=outcome.side_effect)
 
 
 def _global_hosts(model: nn.Module, info: HookInfo, calls: dict | None) -> list[tuple[str, nn.Module]]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._fs import write_json
 
-__all__ = ["Plan", "Action", "Check", "ConversionReport", "conversion_report", "REPORT_ATTR", "ItemList"]
+__all__ = ["Plan", "Kind", "FORWARD_KINDS", "GRAD_KINDS", "PRE_KINDS", "Action", "Check", "ConversionReport", "conversion_report", "REPORT_ATTR", "ItemList"]
 
 REPORT_ATTR = "hookwrap_report"
 ActionName = Literal["converted", "baked", "stripped", "kept"]
@@ -33,14 +33,56 @@ class Plan(str, Enum):
     STRIP = "strip"              # removed: it does not change what the model computes
     KEEP = "keep"                # left in place: not on the forward path, or not the model's
     UNSUPPORTED = "unsupported"  # blocks conversion
+    CAPTURE = "capture"          # decided by running example_inputs: a wrapper, stripped, or unsupported
 
     @property
     def done(self) -> str:
         return {"convert": "converted", "bake": "baked", "strip": "stripped", "keep": "kept",
-                "unsupported": "blocked"}[self.value]
+                "unsupported": "blocked", "capture": "captured"}[self.value]
 
     def __str__(self) -> str:
         return self.value
+
+
+class Kind(str, Enum):
+    """Where a hook (or weight transform) sits: the hook dictionaries of a module, of
+    ``torch.nn.modules.module`` (global hooks), of a tensor, or a module's parametrizations."""
+
+    FORWARD_PRE = "forward_pre"
+    FORWARD = "forward"
+    BACKWARD_PRE = "backward_pre"
+    BACKWARD = "backward"
+    STATE_DICT_PRE = "state_dict_pre"
+    STATE_DICT = "state_dict"
+    LOAD_STATE_DICT_PRE = "load_state_dict_pre"
+    LOAD_STATE_DICT_POST = "load_state_dict_post"
+    GLOBAL_FORWARD_PRE = "global_forward_pre"
+    GLOBAL_FORWARD = "global_forward"
+    GLOBAL_BACKWARD_PRE = "global_backward_pre"
+    GLOBAL_BACKWARD = "global_backward"
+    TENSOR = "tensor"
+    PARAMETRIZATION = "parametrization"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_forward(self) -> bool:
+        """Runs on the forward path (and so can change outputs)."""
+        return self in FORWARD_KINDS
+
+    @property
+    def is_global(self) -> bool:
+        return self.value.startswith("global")
+
+    @property
+    def is_gradient(self) -> bool:
+        return self in GRAD_KINDS
+
+
+FORWARD_KINDS = frozenset({Kind.FORWARD_PRE, Kind.FORWARD, Kind.GLOBAL_FORWARD_PRE, Kind.GLOBAL_FORWARD})
+GRAD_KINDS = frozenset({Kind.BACKWARD_PRE, Kind.BACKWARD, Kind.GLOBAL_BACKWARD_PRE, Kind.GLOBAL_BACKWARD, Kind.TENSOR})
+PRE_KINDS = frozenset({Kind.FORWARD_PRE, Kind.GLOBAL_FORWARD_PRE})
 
 
 

@@ -8,17 +8,14 @@ from typing import Any
 
 from torch import nn
 from torch.nn.modules import module as _module_mod
-from torch.nn.utils import prune, remove_spectral_norm, remove_weight_norm
 
 from ._txn import deepcopy_model, transaction
 from .errors import HookwrapError, InvalidArgumentError
 from .hooks import Where, select_modules
 from .inventory import GLOBAL_PATH, KINDS, HookInfo, Inventory, list_hooks
-from .report import Action, attach_report
+from .report import Action, Kind, Plan, attach_report
 
-__all__ = ["strip", "stripped", "without_hooks", "bake_hook", "remove_hook", "BAKE_ORIGINS"]
-
-BAKE_ORIGINS = frozenset({"prune", "weight_norm", "spectral_norm"})
+__all__ = ["strip", "stripped", "without_hooks", "bake_hook", "remove_hook"]
 
 # Flag dictionaries that PyTorch keys by hook id next to the hook dictionary itself.
 _FLAG_DICTS = {
@@ -42,38 +39,29 @@ def remove_hook(info: HookInfo) -> None:
 
 
 def bake_hook(info: HookInfo) -> str:
-    """Make a pruning / weight_norm / spectral_norm hook permanent with PyTorch's own
-    ``prune.remove``, ``remove_weight_norm`` or ``remove_spectral_norm``.
+    """Make a weight transform permanent the way its source in :mod:`hookwrap.registry` says:
+    ``prune.remove``, ``remove_weight_norm``, ``remove_spectral_norm`` or
+    ``remove_parametrizations(leave_parametrized=True)``.
 
     Returns:
         A description of what was baked, for the report.
     """
+    if info.source is None:
+        raise HookwrapError(f"{info.where}: {info.name} is not a weight transform hookwrap can bake")
     try:
-        return _bake(info)
+        return info.source.bake(info.ref)
     except HookwrapError:
         raise
     except Exception as exc:
         raise HookwrapError(
-            f"{info.path or '<root>'}: baking {info.origin} hook {info.name} failed "
-            f"({type(exc).__name__}: {exc}); strip(bake=False) removes the hook without baking"
+            f"{info.where}: baking {info.origin} {info.name} failed ({type(exc).__name__}: {exc}); "
+            f"strip(bake=False) removes the hook without baking"
         ) from exc
 
 
-def _bake(info: HookInfo) -> str:
-    module = info.owner
-    hook = info.hook
-    if info.origin == "prune":
-        name = hook._tensor_name
-        prune.remove(module, name)
-        return f"pruning of {name!r} made permanent (prune.remove)"
-    if info.origin == "weight_norm":
-        remove_weight_norm(module, hook.name)
-        return f"weight_norm of {hook.name!r} made permanent (remove_weight_norm)"
-    if info.origin == "spectral_norm":
-        name = hook.name if hasattr(hook, "name") else hook.fn.name
-        remove_spectral_norm(module, name)
-        return f"spectral_norm of {name!r} made permanent (remove_spectral_norm)"
-    raise HookwrapError(f"{info.path}: {info.name} is not a weight transform hookwrap can bake")
+def _bakes(info: HookInfo) -> bool:
+    """A weight transform whose baking removes it: its forward pre-hook, or a parametrization."""
+    return info.plan is Plan.BAKE and (info.kind is Kind.FORWARD_PRE or info.kind is Kind.PARAMETRIZATION)
 
 
 def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
@@ -124,15 +112,17 @@ def _strip_in_place(model: nn.Module, *, bake: bool, where: Where | None, kinds:
     baked_ids: set[int] = set()
     if bake:
         for info in selected:
-            if info.kind == "forward_pre" and info.origin in BAKE_ORIGINS:
+            if _bakes(info):
                 detail = bake_hook(info)
                 baked_ids.add(id(info.hook))
                 actions.append(Action(info.path, info.kind, info.name, info.origin, "baked", detail))
     for info in selected:
         if id(info.hook) in baked_ids:
             continue
-        if info.is_model_machinery:
-            actions.append(Action(info.path, info.kind, info.name, info.origin, "kept", info.reason))
+        if info.is_model_machinery or info.kind is Kind.PARAMETRIZATION:
+            why = info.reason if info.is_model_machinery else (
+                "a parametrization defines its tensor: strip(bake=True) makes it permanent; bake=False leaves it")
+            actions.append(Action(info.path, info.kind, info.name, info.origin, "kept", why))
             continue
         if info.hook_id not in info.container():  # removed along with a baked hook
             actions.append(Action(info.path, info.kind, info.name, info.origin, "stripped",
@@ -140,7 +130,7 @@ def _strip_in_place(model: nn.Module, *, bake: bool, where: Where | None, kinds:
             continue
         remove_hook(info)
         detail = "removed"
-        if info.origin in BAKE_ORIGINS and info.kind == "forward_pre":
+        if _bakes(info):
             detail = "removed without baking: the weight keeps its last computed value"
         if info.path == GLOBAL_PATH:
             detail = "global hook removed from this process"
@@ -219,7 +209,8 @@ def stripped(
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"stripped needs an nn.Module, got {type(model).__name__}")
-    chosen = [h for h in select_hooks(model, where=where, kinds=kinds) if not h.is_model_machinery]
+    chosen = [h for h in select_hooks(model, where=where, kinds=kinds)
+              if not h.is_model_machinery and h.kind is not Kind.PARAMETRIZATION]
     with without_hooks(chosen):
         yield model
 

@@ -38,6 +38,7 @@ __all__ = [
     "Wrapper",
     *HOOKABLE,
     "Chain",
+    "FakeQuantize",
     "HOOKABLE",
     "ACTIVATIONS",
     "map_primary",
@@ -479,6 +480,53 @@ class GaussianNoise(Wrapper):
 
     def extra_repr(self) -> str:
         return f"std={self.std}, always={self.always}"
+
+
+@_builtin
+class FakeQuantize(Wrapper):
+    """Fake quantization with frozen parameters, what a quantization-aware training
+    observer (``torch.ao.quantization.FakeQuantize`` and its fused variant) computes once
+    its observer is disabled: ``fake_quantize_per_tensor_affine``, or per channel along
+    ``axis``. ``scale`` and ``zero_point`` are buffers (``<host>.hookwrap_post.<i>.scale``);
+    it exports to ONNX QuantizeLinear/DequantizeLinear.
+    """
+
+    kind = "FakeQuantize"
+
+    def __init__(self, quant_min: int, quant_max: int, *, channels: int = 1, axis: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("quant_min", quant_min), ("quant_max", quant_max), ("channels", channels)):
+            if type(value) is not int or abs(value) > 2**31:
+                raise InvalidArgumentError(f"FakeQuantize {name} must be an integer, got {value!r}")
+        if not quant_min < quant_max or channels < 1 or (axis is not None and (type(axis) is not int or
+                                                                                not -8 <= axis < 8)):
+            raise InvalidArgumentError("FakeQuantize needs quant_min < quant_max, channels >= 1 and a small axis")
+        if axis is None and channels != 1:
+            raise InvalidArgumentError("FakeQuantize per tensor has one channel")
+        self.quant_min, self.quant_max, self.channels, self.axis = quant_min, quant_max, channels, axis
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
+
+    @classmethod
+    def declared_tensors(cls, config: Any) -> dict[str, tuple[torch.dtype, list[int]]]:
+        channels = config.get("channels", 1) if isinstance(config, dict) else 1
+        if type(channels) is not int or not 1 <= channels <= 2**20:
+            raise InvalidArgumentError("FakeQuantize channels must be an integer from 1 to 2**20")
+        return {"scale": (torch.float32, [channels]), "zero_point": (torch.int32, [channels])}
+
+    def _run(self, x: Tensor, training: bool) -> Tensor:
+        scale, zero_point = self.get_buffer("scale"), self.get_buffer("zero_point")
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, self.quant_min, self.quant_max)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, self.axis, self.quant_min, self.quant_max)
+
+    def config(self) -> dict[str, Any]:
+        return {"quant_min": self.quant_min, "quant_max": self.quant_max, "channels": self.channels,
+                "axis": self.axis}
+
+    def extra_repr(self) -> str:
+        where = "per tensor" if self.axis is None else f"per channel, axis={self.axis}"
+        return f"quant_min={self.quant_min}, quant_max={self.quant_max}, {where}"
 
 
 @_builtin

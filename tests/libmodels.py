@@ -237,3 +237,28 @@ def llm_behaviour(model: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
             out[f"logits {batch}x{length}"] = model(torch.randint(2, 128, (batch, length), generator=gen)).logits
     out["tokens"], out["scores"] = greedy(model, torch.randint(2, 128, (2, 5), generator=gen))
     return out
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny models' 128 ids (t0 ... t127), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(128)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0", eos_token="t1",
+                                   bos_token="t0", add_bos_token=True, name_or_path="tiny")
+
+
+def tl_bridge(family: str = "gpt2", seed: int = 0) -> nn.Module:
+    """A TransformerLens ``TransformerBridge`` around a tiny Hugging Face model, offline."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(family, hf_model=hf_model(family, seed=seed),
+                                                    tokenizer=tiny_tokenizer())
+    return bridge.eval()

@@ -305,3 +305,55 @@ def test_flags_a_pre_hook_passes_along_are_not_fixed_at_their_captured_values():
         for negate in (False, True):
             assert torch.equal(converted(x, negate), model(x, negate)), negate
         assert not torch.equal(converted(x, True), converted(x, False))
+
+
+class Block(nn.Module):
+    """A layer with an identity hook point, as TransformerLens places them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.hook_z = nn.Identity()
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.hook_z(self.lin(x)))
+
+
+def test_hooks_that_write_into_their_own_activation_in_place_convert():
+    """The interpretability idiom ``z[:, 0] = 0`` (return None) was refused as modifying the
+    hook's args: on an identity hook point the output is the input. Writes into the hook's own
+    activation are its effect, functionalised into a returned value; the same for a
+    pre-hook's argument."""
+    torch.manual_seed(0)
+    model = Block().eval()
+    plain = copy.deepcopy(model)
+
+    def ablate(module, args, out):
+        out[:, 0] = 0.0
+
+    def clamp_input(module, args):
+        args[0].clamp_(min=-0.5)
+
+    model.hook_z.register_forward_hook(ablate)
+    model.out.register_forward_pre_hook(clamp_input)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = model(x)
+        assert not torch.equal(expected, plain(x))
+    converted = hw.convert(model, (x,))
+    for wrapper in (only_wrapper(converted, "post", "hook_z"), only_wrapper(converted, "pre", "out")):
+        assert type(wrapper) is W.CapturedHook
+    with torch.no_grad():
+        for batch in (3, 1, 7):
+            xb = torch.randn(batch, 4)
+            assert torch.equal(converted(xb), model(xb))
+
+
+def test_a_forward_hook_that_writes_into_the_modules_input_is_refused():
+    """After the module ran, writing into its input changes what the caller still holds: no
+    wrapper can do that."""
+    model = small()
+    model[2].register_forward_hook(lambda m, a, o: a[0].mul_(0.5))
+    with pytest.raises(hw.UnconvertibleHookError, match="modifies its args in place after the module ran"):
+        hw.convert(model, (torch.randn(2, 3, 8, 8),))

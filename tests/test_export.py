@@ -141,3 +141,23 @@ def test_streamed_file_parses_to_what_the_exporters_own_save_writes(tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(expected).max() > 1e-2  # outputs large enough to tell right from wrong
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_t5_encoder_exports_without_the_caller_turning_off_autograd(tmp_path):
+    """T5's attention traces a view the dynamo exporter refuses while autograd records: the
+    export failed unless the caller wrapped it in torch.no_grad(), and the error pointed at
+    the legacy exporter."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=128, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)
+    model = transformers.T5EncoderModel(config).eval()
+    model.encoder.block[0].register_forward_hook(lambda m, a, o: (o[0] * 1.5, *o[1:]))
+    ids = torch.randint(0, 128, (2, 8))
+    assert torch.is_grad_enabled()
+    result = hw.export_onnx(model, (ids,), tmp_path / "t5.onnx")
+    assert result.converted
+    with torch.no_grad():
+        top = model(ids).last_hidden_state.abs().max().item()
+    assert hw.check_parity(model, result.path, (ids,), atol=1e-4 * top)

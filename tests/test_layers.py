@@ -17,7 +17,7 @@ PACKAGE = ROOT / "hookwrap"
 # Lowest first. A module may import only modules before it in this list.
 ORDER = [
     "errors", "_version", "_fs", "_tree", "_npz", "_onnx", "_onnx_write", "_torch", "_graph", "_graph_check", "_txn", "report",
-    "wrappers", "registry", "hooks", "inventory", "capture", "plan", "strip", "convert", "io", "export",
+    "wrappers", "hooks", "registry", "inventory", "capture", "plan", "strip", "convert", "io", "export",
     "parity_inputs", "compare", "parity_report", "reference", "golden", "parity", "bisect",
     "pytest_plugin", "cli", "__init__",
 ]

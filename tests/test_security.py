@@ -393,9 +393,16 @@ def test_deeply_nested_chains_are_refused_at_load(tmp_path):
 def test_the_wrapper_count_has_a_limit(tmp_path, monkeypatch):
     from hookwrap import io
 
+    good = hooked_small(tmp_path)
     monkeypatch.setattr(io, "MAX_WRAPPERS", 3)
-    err = refused(hooked_small(tmp_path), error=hw.ManifestError)  # Chain(Scale, Clamp) + CapturedHook = 4
+    err = refused(good, error=hw.ManifestError)  # Chain(Scale, Clamp) + CapturedHook = 4
     assert "more than 3 wrappers" in str(err)
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: torch.clamp(o * 1.5, -2, 2))
+    model[5].register_forward_hook(lambda m, a, o: o * o.mean())
+    with pytest.raises(hw.HookwrapError, match="save would write a file that load refuses.*more than 3 wrappers"):
+        hw.save(hw.convert(model, (torch.randn(2, 3, 10, 10),)), tmp_path / "over.safetensors")
+    assert not (tmp_path / "over.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------------------
