@@ -8,9 +8,11 @@ Process wall time, median of interleaved rounds, on resnet18 (224x224, a hook on
 * ``hookwrap check r18.onnx --reference SPEC`` (imports torch, rebuilds the model) against
   the same polygraphy run: reported;
 * the statistical golden check of the seed's MC-dropout vgg16 (13 Dropout2d hooks, 32x32,
-  32 draws per side): its median time on the default golden file (4 input sets), and its
-  false-alarm rate over 100 golden files of the example recorded with 100 seeds, against
-  the correct export (limit 1 %).
+  the default 256 draws per side): its median time on the default golden file (4 input
+  sets), and, through ``record`` and ``check_parity`` themselves, its false alarms over
+  SEEDS golden files of the example alone against the correct export (reported; the gated
+  false-alarm rate, over 50 seeds at 4 input sets, and the detection rates of planted
+  faults are bench_power.py's).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 import hookwrap as hw
 
 ROUNDS = 11
-SEEDS = 100
+SEEDS = 10
 TIMED_SEEDS = 3
 BIN = Path(sys.executable).parent
 
@@ -103,11 +105,8 @@ def seed_model() -> tuple[nn.Module, tuple]:
 
 def statistical_figures(folder: Path) -> list[dict]:
     """The check's time on the gate's default golden file (the example and 3 random input
-    sets, 32 draws each); the false-alarm rate over SEEDS golden files of the example
-    alone. The family-wise bound ``alpha`` is split over input sets, outputs and
-    statistics, so a one-set file makes the same promise; with four sets the 100 files
-    would take some 23 minutes here (recording and checking each is 256 vgg16 runs, each
-    streaming the 400 MB classifier)."""
+    sets, 256 draws each); the false alarms over SEEDS golden files of the example alone
+    (each is 640 draws of vgg16, made as the product makes them)."""
     model, example = seed_model()
     onnx = folder / "seed.onnx"
     hw.export_onnx(model, example, onnx)
@@ -129,7 +128,7 @@ def statistical_figures(folder: Path) -> list[dict]:
     return [
         figure("golden_statistical_check_seconds_seed_vgg16", statistics.median(checks), None, **spread(checks),
                samples=timed_report.samples, inputs=len(timed_report.inputs)),
-        figure("golden_statistical_false_alarm_rate", failed / SEEDS, 0.01, checks=SEEDS, false_alarms=failed,
+        figure("golden_statistical_false_alarm_rate", failed / SEEDS, None, checks=SEEDS, false_alarms=failed,
                inputs_per_golden=len(report.inputs), alpha=report.alpha),
     ]
 

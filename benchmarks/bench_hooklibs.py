@@ -26,7 +26,7 @@ from libmodels import hf_model, scaled_atol, tl_bridge, token_ids
 from torch import nn
 
 import hookwrap as hw
-from hookwrap._torch import first_difference
+from hookwrap._diff import first_difference
 
 HERE = Path(__file__).parent
 

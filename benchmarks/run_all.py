@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["cli", "convert", "io", "journey", "gate", "bisect", "growth", "fuzz", "zoo", "timm", "transformers",
+ORDER = ["cli", "convert", "io", "journey", "gate", "power", "bisect", "growth", "fuzz", "zoo", "timm", "transformers",
          "hooklibs"]
-MINUTES_LIMIT = 75
+MINUTES_LIMIT = 95
 
 
 def machine() -> dict:

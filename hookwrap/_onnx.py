@@ -16,6 +16,7 @@ parity gate can use it.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -205,13 +206,36 @@ def read_onnx(path: str | os.PathLike[str], *, graph: bool = True) -> OnnxFile:
     return OnnxFile(p, folder, proto, external, random_ops_of(proto))
 
 
-def open_session(model: OnnxFile, proto: Any = None) -> Any:
+_SEED_LOCK = threading.Lock()
+
+
+def open_session(model: OnnxFile, proto: Any = None, *, seed: int | None = None) -> Any:
     """An onnxruntime CPU session of ``model`` (or of ``proto``, an edited copy of its
     graph), made from bytes: nothing is written, external data resolves in the model's folder.
+
+    Args:
+        seed: seeds the session's random operators. onnxruntime gives each random kernel
+            its generator when the session is created, from a process-wide seed, and the
+            generator moves on with every run; so the session is created right after
+            ``onnxruntime.set_seed(seed)``, and the process-wide seed is then set to a
+            fresh random value, so that later sessions are not seeded by accident.
 
     Raises:
         HookwrapError: onnxruntime refuses the model.
     """
+    import onnxruntime as ort
+
+    if seed is None:
+        return _session(model, proto)
+    with _SEED_LOCK:
+        ort.set_seed(seed)
+        try:
+            return _session(model, proto)
+        finally:
+            ort.set_seed(int.from_bytes(os.urandom(7), "big"))
+
+
+def _session(model: OnnxFile, proto: Any) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -16,8 +15,8 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module_mod
 from torch.utils import _pytree
 
-__all__ = ["eval_mode", "seeded_run", "inputs_like", "first_difference", "quiet", "batch_of_two", "unwrap_hook",
-           "resized", "other_sizes", "MAX_COMPARE_DEPTH"]
+__all__ = ["eval_mode", "seeded_run", "inputs_like", "quiet", "batch_of_two", "unwrap_hook", "resized",
+           "other_sizes"]
 
 # The loggers (and warning sources) of torch and its ONNX exporter: quiet() silences these only.
 TORCH_LOGGERS = ("torch", "onnxscript", "onnx_ir")
@@ -64,8 +63,6 @@ def unwrap_hook(hook: Any) -> Any:
         else:
             break
     return hook
-
-MAX_COMPARE_DEPTH = 12
 
 
 @contextlib.contextmanager
@@ -182,57 +179,3 @@ def inputs_like(example: Any, seed: int) -> Any:
     return draw(example)
 
 
-def first_difference(a: Any, b: Any, where: str = "output", depth: int = 0) -> str | None:
-    """Where two model outputs differ, or None if they are identical: every tensor
-    (bit-exact, NaNs in the same places), list, tuple, dict, dataclass or ``ModelOutput``
-    field, and the attributes of other objects (a KV cache), compared as far as
-    :data:`MAX_COMPARE_DEPTH` levels."""
-    if depth > MAX_COMPARE_DEPTH:
-        return None
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-            return f"{where}: a {type(a).__name__} against a {type(b).__name__}"
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return f"{where}: {a.dtype}{list(a.shape)} against {b.dtype}{list(b.shape)}"
-        if torch.equal(a, b):  # equal and without NaNs: the common case, and the cheapest test
-            return None
-        if a.is_floating_point() or a.is_complex():
-            same_nan = torch.equal(a.isnan(), b.isnan())
-            if not same_nan or not torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0)):
-                diff = (a.double() - b.double()).abs().nan_to_num(0).max().item() if a.numel() else 0.0
-                return f"{where}: values differ (max |diff| {diff:.3g})"
-        elif not torch.equal(a, b):
-            return f"{where}: values differ"
-        return None
-    if type(a) is not type(b):
-        return f"{where}: a {type(a).__name__} against a {type(b).__name__}"
-    if isinstance(a, dict) or (hasattr(a, "keys") and hasattr(a, "__getitem__") and not isinstance(a, nn.Module)):
-        if list(a.keys()) != list(b.keys()):
-            return f"{where}: keys {list(a.keys())} against {list(b.keys())}"
-        return _first_of(((a[k], b[k], f"{where}[{k!r}]") for k in a.keys()), depth)
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return f"{where}: {len(a)} items against {len(b)}"
-        return _first_of(((x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))), depth)
-    if dataclasses.is_dataclass(a):
-        return _first_of(((getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
-                          for f in dataclasses.fields(a)), depth)
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return None
-    if isinstance(a, (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.Size)):
-        return None if a == b else f"{where}: {a!r} against {b!r}"
-    state_a, state_b = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
-    if isinstance(state_a, dict) and isinstance(state_b, dict) and not isinstance(a, nn.Module):
-        if list(state_a) != list(state_b):
-            return f"{where}: attributes {sorted(state_a)} against {sorted(state_b)}"
-        return _first_of(((state_a[k], state_b[k], f"{where}.{k}") for k in state_a), depth)
-    return None
-
-
-def _first_of(pairs: Any, depth: int) -> str | None:
-    """The first difference among ``(a, b, where)`` pairs, one level deeper."""
-    for x, y, where in pairs:
-        found = first_difference(x, y, where, depth + 1)
-        if found:
-            return found
-    return None

@@ -33,7 +33,7 @@ from torch.utils import _pytree
 from . import wrappers as W
 from ._fs import write_json
 from ._onnx import OnnxFile, open_session, read_onnx, run_session
-from .compare import compare_exact
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare_exact
 from .errors import HookwrapError, InvalidArgumentError
 from .parity_inputs import signature
 from .reference import ModelReference, SeededOps, model_inputs
@@ -216,8 +216,8 @@ def bisect(
     onnx_path: str | os.PathLike[str],
     inputs: Any = None,
     *,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
 ) -> BisectReport:
     """Compare every module's output between the eager ``reference`` and the ONNX file.
 

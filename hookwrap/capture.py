@@ -46,6 +46,7 @@ from torch.utils import _pytree
 
 from . import _tree
 from . import wrappers as W
+from ._diff import first_difference
 from ._torch import batch_of_two, quiet, resized, seeded_run, unwrap_hook
 from .errors import InvalidArgumentError
 from .inventory import HookInfo
@@ -297,31 +298,6 @@ def _run_wrapper(site: Site, wrapper: W.Wrapper, inputs: tuple) -> Any:
     return (new_args, new_kwargs) if site.with_kwargs else new_args
 
 
-def _same(a: Any, b: Any) -> str | None:
-    """None if the two results are identical (NaNs equal), else what differs."""
-    la, sa = _pytree.tree_flatten(a)
-    lb, sb = _pytree.tree_flatten(b)
-    if sa != sb:
-        return f"structure differs: {sa} vs {sb}"
-    for i, (x, y) in enumerate(zip(la, lb)):
-        if isinstance(x, Tensor) != isinstance(y, Tensor):
-            return f"item {i}: tensor vs non-tensor"
-        if not isinstance(x, Tensor):
-            if x != y and not (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
-                return f"item {i}: {x!r} vs {y!r}"
-            continue
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return f"item {i}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
-        if torch.equal(x, y):  # the common case, without the copies the NaN-aware test makes
-            continue
-        if not torch.equal(torch.nan_to_num(x, nan=0.0), torch.nan_to_num(y, nan=0.0)) or not torch.equal(
-            x.isnan(), y.isnan()
-        ):
-            diff = (x.double() - y.double()).abs().nan_to_num(0).max().item()
-            return f"item {i}: values differ (max abs diff {diff:.3g})"
-    return None
-
-
 @contextlib.contextmanager
 def _host_mode(site: Site, wrapper: W.Wrapper | None, training: bool) -> Iterator[None]:
     old = site.host.training
@@ -346,7 +322,7 @@ def _validate(site: Site, wrapper: W.Wrapper, calls: list[Call]) -> str | None:
                 return f"the hook itself fails in {'train' if training else 'eval'} mode on a recorded call"
             if isinstance(ran, str):
                 return f"the converted module fails on a recorded call: {ran}"
-            diff = _same(*ran)
+            diff = first_difference(*ran)
             if diff is not None:
                 mode = "train" if training else "eval"
                 return f"the converted module does not reproduce the hook in {mode} mode ({diff})"
@@ -400,7 +376,7 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
         grown[where] = W.map_primary(grown[where], functools.partial(resized, dim=dim, size=size))
         for training in (False, True):
             ran = _both(site, wrapper, functools.partial(_clone_tree, tuple(grown)), training)
-            if isinstance(ran, str) or (ran is not None and _same(*ran) is not None):
+            if isinstance(ran, str) or (ran is not None and first_difference(*ran) is not None):
                 return False
     return True
 
@@ -418,7 +394,7 @@ def _at_size(site: Site, wrapper: W.CapturedHook, leaves: list, spec: Any, like:
         return None
     if isinstance(ran, str):
         return f"the graph fails ({ran})"
-    diff = _same(*ran)
+    diff = first_difference(*ran)
     return None if diff is None else f"the graph gives another result ({diff})"
 
 
@@ -1163,10 +1139,10 @@ def _passes_other_kwargs(site: Site, call: Call) -> bool:
                 return False
     plain, got = results
     if site.position == "post":
-        return _same(got, plain) is None
+        return first_difference(got, plain) is None
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], dict) and got[1].get(key) is extra):
         return False
-    return _same((got[0], {k: v for k, v in got[1].items() if k != key}), plain) is None
+    return first_difference((got[0], {k: v for k, v in got[1].items() if k != key}), plain) is None
 
 
 def _classify_calls(calls: list[Call]) -> Outcome | None:
@@ -1200,7 +1176,7 @@ def _validate_noop(site: Site, calls: list[Call]) -> bool:
                 result = _run_hook(site, inputs)
             expected = original[-1] if site.position == "post" else (
                 (original[0], original[1]) if site.with_kwargs else original[0])
-            if _same(result, expected) is not None:
+            if first_difference(result, expected) is not None:
                 return False
     return True
 

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 from ._version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -72,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--golden", metavar="G.npz", help="a golden file from hookwrap record (needs no torch)")
     p.add_argument("--weights", help="with --reference: a .safetensors file whose tensors a copy of it gets")
     p.add_argument("--inputs", help="with --reference: an .npz of inputs (keys: ONNX input names)")
-    p.add_argument("--atol", type=float, help="default 1e-4, or the golden file's")
-    p.add_argument("--rtol", type=float, help="default 1e-3, or the golden file's")
-    p.add_argument("--samples", type=int, help="draws per side for stochastic models (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    _tolerance_options(p, "or the golden file's")
+    p.add_argument("--samples", type=int, help=f"draws per side for stochastic models (default {DEFAULT_SAMPLES}, or "
+                                               f"the golden file's)")
+    p.add_argument("--seed", type=int, help="fixes the random inputs and every draw of both sides: the same seed "
+                                            "gives the same report (default 0, or the golden file's)")
     p.add_argument("--json", metavar="PATH", help="write the JSON report here")
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here")
     p.add_argument("--bisect", action="store_true", help="with --reference: on failure, name the first diverging module")
@@ -86,16 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", required=True, help="the golden .npz file to write")
     p.add_argument("--inputs", help="an .npz of inputs (default: the factory's example and 3 random sets)")
-    p.add_argument("--samples", type=int, help="draws per input for stochastic models (default 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--atol", type=float, default=1e-4, help="the tolerance checks of this file use")
-    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--samples", type=int, help=f"draws per input for stochastic models (default {DEFAULT_SAMPLES})")
+    p.add_argument("--seed", type=int, default=0, help="fixes the random inputs and the draws (default 0)")
+    _tolerance_options(p, "the tolerance checks of this file use")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("verify", help="check a .safetensors file's tensors against their recorded digests")
     p.add_argument("file", metavar="FILE.safetensors")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
+
+
+def _tolerance_options(p: argparse.ArgumentParser, which: str) -> None:
+    for name, default in (("atol", DEFAULT_ATOL), ("rtol", DEFAULT_RTOL)):
+        p.add_argument(f"--{name}", action="append", metavar=f"[OUTPUT=]{name.upper()}",
+                       help=f"default {default:g}, {which}; OUTPUT={name.upper()} sets one output's "
+                            f"(repeat the option for more)")
+
+
+def _tolerances(args: argparse.Namespace) -> dict[str, Any]:
+    """``--atol``/``--rtol`` as ``check_parity`` and ``record`` take them."""
+    from .compare import parse_tolerance
+
+    parsed = {name: parse_tolerance(getattr(args, name), name) for name in ("atol", "rtol")}
+    return {name: value for name, value in parsed.items() if value is not None}
 
 
 # --------------------------------------------------------------------------------------
@@ -331,9 +347,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in (args.json, args.junit, args.plot):
         if path:
             _output_folder(path)
-    tolerances = {k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None}
     report = _parity(console, model, args.onnx, inputs, False, samples=args.samples, seed=args.seed,
-                     weights=args.weights, **tolerances)
+                     weights=args.weights, **_tolerances(args))
     if args.bisect and not report:
         try:
             with _status(console, "bisecting: comparing every module's output", False):
@@ -377,8 +392,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     inputs = args.inputs or _need_example(example, args.spec, "record without --inputs")
     _output_folder(args.output)
     with _status(console, "recording the reference", args.json):
-        meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, atol=args.atol,
-                         rtol=args.rtol)
+        meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, **_tolerances(args))
     size = Path(args.output).stat().st_size
     summary = {k: meta[k] for k in ("stochastic", "sets", "inputs", "outputs", "samples", "atol", "rtol")}
     if args.json:

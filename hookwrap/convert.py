@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from . import wrappers as W
-from ._torch import eval_mode, first_difference, inputs_like, other_sizes, seeded_run
+from ._diff import Difference, first_difference
+from ._torch import eval_mode, inputs_like, other_sizes, seeded_run
 from ._txn import deepcopy_model, preserved, transaction
 from .errors import Blocker, HookwrapError, InvalidArgumentError, UnconvertibleHookError
 from .inventory import HookInfo, list_hooks
@@ -138,6 +139,8 @@ def convert_in_place(target: nn.Module, example: tuple | None, *, global_hooks: 
                 checks.append(Check(probe.what, "passed"))
             attach_report(target, actions, checks=_in_order(checks, probes))
     except _Mismatch as mismatch:  # the transaction has put target back as it was
+        if not mismatch.difference.comparable:
+            raise UnconvertibleHookError([_uncomparable(target, mismatch)]) from None
         raise UnconvertibleHookError(_diagnose(target, plan, mismatch)) from None
     except _Failure as failure:
         raise UnconvertibleHookError(_blame_failure(target, plan, failure)) from None
@@ -276,9 +279,20 @@ def _apply(model: nn.Module, plan: ConversionPlan) -> list[Action]:
 
 
 class _Mismatch(Exception):
-    def __init__(self, probe: _Probe, expected: Any, difference: str) -> None:
-        super().__init__(difference)
+    def __init__(self, probe: _Probe, expected: Any, difference: Difference) -> None:
+        super().__init__(str(difference))
         self.probe, self.expected, self.difference = probe, expected, difference
+
+
+def _uncomparable(model: nn.Module, mismatch: _Mismatch) -> Blocker:
+    """convert cannot prove the converted model equal where it cannot compare the outputs:
+    it refuses, naming the place, rather than report "equal"."""
+    return Blocker(
+        "", "forward", type(model).__name__,
+        f"convert's end-to-end check cannot compare the outputs on {mismatch.probe.what} at {mismatch.difference}, "
+        f"so it cannot prove the converted model computes what the hooked model computes.",
+        "return tensors, lists, tuples, dicts, dataclasses or objects whose state is in __dict__ or __slots__ from "
+        "forward; or, if that output does not matter, check other call options with call_options=")
 
 
 class _Failure(Exception):
@@ -304,17 +318,17 @@ def _diagnose(model: nn.Module, plan: ConversionPlan, mismatch: _Mismatch) -> li
                 with without_hooks([info]):
                     if first_difference(_hooked(probe, model), expected):
                         at_fault.append(info)
-    where = mismatch.difference.split(":")[0]
+    where = mismatch.difference.where
     if at_fault:
         return [Blocker(h.where, h.kind, h.name,
                         f"it returns None and changes no tensor, but the model's own forward reads back what it "
                         f"stores: without it, {where} changes on {which}. A module cannot carry that side effect.",
                         _TAP_FIX) for h in at_fault]
     if probe.kwargs:
-        late = _after_machinery(plan, which, mismatch.difference)
+        late = _after_machinery(plan, which, str(mismatch.difference))
         if late:
             return late
-    return _blame_all(plan, which, mismatch.difference) or [Blocker(
+    return _blame_all(plan, which, str(mismatch.difference)) or [Blocker(
         "", "forward", type(model).__name__,
         f"the converted model differs from the hooked model on {which} ({mismatch.difference}).",
         "report this with the model and the hooks: it is a hookwrap bug")]

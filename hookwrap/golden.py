@@ -6,12 +6,15 @@ draws the statistical test needs), and a JSON entry. ``check_parity(golden_path,
 then replays them against onnxruntime with numpy only, and gives the verdict, report,
 JSON and JUnit that the model itself would have given (the draws use the same seeds).
 
-Layout (``format_version`` 1; every entry reads with ``numpy.load(allow_pickle=False)``)::
+Layout (``format_version`` 2; 1 is still read; every entry reads with
+``numpy.load(allow_pickle=False)``)::
 
     __hookwrap_golden__      uint8 array: UTF-8 JSON {"format": "hookwrap-golden",
-                             "format_version": 1, "hookwrap_version", "torch_version",
-                             "stochastic": bool, "samples": k, "anchor": n, "seed": int,
-                             "atol": float, "rtol": float, "sets": N, "inputs": M,
+                             "format_version": 2, "hookwrap_version", "torch_version",
+                             "numpy_version", "stochastic": bool, "samples": k,
+                             "anchor": n, "seed": int, "seeding": int, "draw_mode": "vmap" | "loop" | null,
+                             "random_inputs": int, "atol": float | {"*": float,
+                             output: float}, "rtol": (the same), "sets": N, "inputs": M,
                              "outputs": P, "sources": [str], "input_names": [str],
                              "inventory": {...hw.inventory(model).to_dict()...}}
     input/<i>/<j>            input j of set i
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +40,21 @@ import numpy as np
 
 from . import parity_inputs as PI
 from ._version import __version__
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, tolerances
 from .errors import HookwrapError, InvalidArgumentError, ManifestError
 
-__all__ = ["record", "GoldenSide", "GOLDEN_FORMAT", "GOLDEN_VERSION", "META_KEY"]
+__all__ = ["record", "recorded_seed", "GoldenSide", "GOLDEN_FORMAT", "GOLDEN_VERSION", "META_KEY"]
 
 GOLDEN_FORMAT = "hookwrap-golden"
-GOLDEN_VERSION = 1
+GOLDEN_VERSION = 2
+READ_VERSIONS = (1, 2)  # 2 added per-output tolerances and what reproduces a verdict
 META_KEY = "__hookwrap_golden__"
 MAX_META = 64 << 20
 
 
 def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: int | None = None, seed: int = 0,
-           random_inputs: int = 3, atol: float = 1e-4, rtol: float = 1e-3) -> dict[str, Any]:
+           random_inputs: int = 3, atol: float | Mapping[str, float] = DEFAULT_ATOL,
+           rtol: float | Mapping[str, float] = DEFAULT_RTOL) -> dict[str, Any]:
     """Record ``model``'s outputs (or draws) on its inputs into a golden ``.npz``, atomically.
 
     Args:
@@ -55,10 +62,12 @@ def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: in
         inputs: one tuple (the example: it and ``random_inputs`` random sets drawn like it
             are recorded), a list of tuples, or an ``.npz`` path, as for ``check_parity``.
         path: the golden file to write.
-        samples: draws per input for a stochastic model (default 32).
+        samples: draws per input for a stochastic model (default ``DEFAULT_SAMPLES``, 256).
         seed: seeds the random inputs and the draws, as in ``check_parity``.
         random_inputs: how many random input sets to add to an example.
-        atol, rtol: the tolerances a check of this file uses by default.
+        atol, rtol: the tolerances a check of this file uses by default: numbers, or
+            mappings from output name to number (``"*"`` for the other outputs), at most
+            1e3 and 1.
 
     Returns:
         The JSON entry written (``stochastic``, ``sets``, ``samples``, ...).
@@ -73,8 +82,10 @@ def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: in
     """
     from .reference import record_arrays  # the torch side, imported only to record
 
+    atol_json = _bounded(tolerances(atol, "atol", DEFAULT_ATOL).to_json(), "atol", MAX_ATOL)
+    rtol_json = _bounded(tolerances(rtol, "rtol", DEFAULT_RTOL).to_json(), "rtol", MAX_RTOL)
     arrays, meta = record_arrays(model, inputs, samples=samples, seed=seed, random_inputs=random_inputs,
-                                 atol=atol, rtol=rtol)
+                                 atol=atol_json, rtol=rtol_json)
     meta = {"format": GOLDEN_FORMAT, "format_version": GOLDEN_VERSION, "hookwrap_version": __version__, **meta}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     _write(path, arrays)
@@ -102,8 +113,10 @@ class GoldenSide:
     draws_: list[list[np.ndarray]]
     anchors: list[list[np.ndarray]]
     warnings: list[str] = field(default_factory=list)
-    tolerances: dict[str, float] = field(default_factory=dict)
+    tolerances: dict[str, Any] = field(default_factory=dict)
     kind: str = "golden"
+    torch_version: str | None = None
+    draw_mode: str | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], sig: PI.Signature) -> GoldenSide:
@@ -117,10 +130,7 @@ class GoldenSide:
 
         name = Path(path).name
         with open_npz(path, what="golden file", error=ManifestError) as npz:
-            if META_KEY not in npz.names() or npz.size(META_KEY) > MAX_META + 128:
-                raise ManifestError(f"{name}: not a hookwrap golden file (no {META_KEY!r} entry, or one over "
-                                    f"{MAX_META >> 20} MiB); write one with hookwrap record", key=META_KEY)
-            meta = _meta(name, npz.read(META_KEY))  # the metadata first: it says what else to read
+            meta = _read_meta(npz, name)  # the metadata first: it says what else to read
             try:
                 expected = _entries(meta)
                 present = set(npz.names()) - {META_KEY}
@@ -149,10 +159,13 @@ class GoldenSide:
             sig.check(s, f"{name}: input set {i}")
         per_set = [[arrays[f"{kind}/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)]
         anchors = [[arrays[f"anchor/{i}/{j}"] for j in range(n_out)] for i in range(n_sets)] if stochastic else []
-        tolerances: dict[str, float] = {k: float(meta[k]) for k in ("atol", "rtol") if k in meta}
+        recorded: dict[str, Any] = {k: meta[k] for k in ("atol", "rtol") if k in meta}
         warnings = [w for w in meta.get("warnings", []) if isinstance(w, str)][:10]
+        torch_version = meta.get("torch_version") if isinstance(meta.get("torch_version"), str) else None
         return cls(PI.InputSets(sets, list(meta["sources"])), stochastic, meta["samples"] if stochastic else None,
-                   [] if stochastic else per_set, per_set if stochastic else [], anchors, warnings, tolerances)
+                   [] if stochastic else per_set, per_set if stochastic else [], anchors, warnings, recorded,
+                   torch_version=torch_version[:40] if torch_version else None,
+                   draw_mode=meta.get("draw_mode") if meta.get("draw_mode") in ("vmap", "loop") else None)
 
     def exact(self, index: int) -> list[np.ndarray]:
         if self.stochastic:
@@ -172,6 +185,22 @@ class GoldenSide:
         draws = [[d[s] for d in self.draws_[index]] for s in range(k)]
         anchor = [[a[s] for a in self.anchors[index]] for s in range(len(self.anchors[index][0]))]
         return draws, anchor
+
+
+def recorded_seed(path: str | os.PathLike[str]) -> int:
+    """The seed a golden file was recorded with (its metadata only is read).
+
+    Raises:
+        ManifestError: the file is not a golden file, or is damaged.
+    """
+    from ._npz import open_npz
+
+    name = Path(path).name
+    with open_npz(path, what="golden file", error=ManifestError) as npz:
+        seed = _read_meta(npz, name)["seed"]
+    if not 0 <= seed < 2**63:
+        raise ManifestError(f"{name}: golden field 'seed' is out of range", key="seed")
+    return int(seed)
 
 
 class _Declared:
@@ -198,6 +227,13 @@ def _entries(meta: dict[str, Any]) -> set[str]:
     return expected
 
 
+def _read_meta(npz: Any, name: str) -> dict[str, Any]:
+    if META_KEY not in npz.names() or npz.size(META_KEY) > MAX_META + 128:
+        raise ManifestError(f"{name}: not a hookwrap golden file (no {META_KEY!r} entry, or one over "
+                            f"{MAX_META >> 20} MiB); write one with hookwrap record", key=META_KEY)
+    return _meta(name, npz.read(META_KEY))
+
+
 def _no_constant(text: str) -> Any:
     raise ValueError(f"the non-standard JSON constant {text} is not read")
 
@@ -213,9 +249,10 @@ def _meta(name: str, raw: np.ndarray) -> dict[str, Any]:
                             key=META_KEY) from None
     if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
         raise ManifestError(f"{name}: not a hookwrap golden file", key=META_KEY)
-    if meta.get("format_version") != GOLDEN_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS or isinstance(meta.get("format_version"), bool):
         raise ManifestError(f"{name}: golden format_version {str(meta.get('format_version'))[:20]} is not read by "
-                            f"hookwrap {__version__} (it reads {GOLDEN_VERSION}); record it again", key="format_version")
+                            f"hookwrap {__version__} (it reads {', '.join(map(str, READ_VERSIONS))}); record it "
+                            f"again", key="format_version")
     for key, kind in _META_FIELDS.items():
         value = meta.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -227,8 +264,33 @@ def _meta(name: str, raw: np.ndarray) -> dict[str, Any]:
     if meta["stochastic"] and not (isinstance(meta.get("samples"), int) and meta["samples"] >= 4):
         raise ManifestError(f"{name}: a stochastic golden file needs 'samples' >= 4", key="samples")
     for key, top in (("atol", MAX_ATOL), ("rtol", MAX_RTOL)):
-        value = meta.get(key)
-        if key in meta and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= top):
-            raise ManifestError(f"{name}: golden field {key!r} is {str(value)[:30]}; a tolerance must be a finite "
-                                f"number from 0 to {top:g}", key=key)
+        if key in meta:
+            try:
+                _bounded(meta[key], key, top)
+            except InvalidArgumentError as exc:
+                raise ManifestError(f"{name}: golden field {exc}", key=key) from None
     return meta
+
+
+def _bounded(value: Any, key: str, top: float) -> Any:
+    """``value`` (a tolerance as JSON: a number, or ``{"*": number, output: number}``) when
+    every number in it is from 0 to ``top``.
+
+    Raises:
+        InvalidArgumentError: it is not, naming the output.
+    """
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= top
+
+    if isinstance(value, dict):
+        if len(value) > 1000:
+            raise InvalidArgumentError(f"{key!r} names {len(value)} outputs; at most 1000 are read")
+        for output, v in value.items():
+            if not isinstance(output, str) or not output or not number(v):
+                raise InvalidArgumentError(f"{key!r} for output {str(output)[:60]!r} is {str(v)[:30]}; a tolerance "
+                                           f"must be a finite number from 0 to {top:g}")
+        return value
+    if not number(value):
+        raise InvalidArgumentError(f"{key!r} is {str(value)[:30]}; a tolerance must be a finite number from 0 to "
+                                   f"{top:g}")
+    return value

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,12 +32,32 @@ import numpy as np
 
 from . import parity_inputs as PI
 from ._onnx import open_session, read_onnx, run_session
-from .compare import DEFAULT_ALPHA, DEFAULT_SAMPLES, STAT_NAMES, compare_exact, compare_statistical
+from ._version import __version__
+from .compare import (
+    DEFAULT_ALPHA,
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    DEFAULT_SAMPLES,
+    MAX_SAMPLES,
+    POOLED_STATS,
+    SEEDING,
+    STAT_NAMES,
+    Comparison,
+    Evidence,
+    Tolerances,
+    anchor_count,
+    compare_exact,
+    compare_pooled,
+    compare_statistical_verdict,
+    onnxruntime_seed,
+    statistical_evidence,
+    tolerances,
+)
 from .errors import HookwrapError, InvalidArgumentError, ParityError
-from .parity_report import OutputCheck, ParityReport
+from .parity_report import POOLED, OutputCheck, ParityReport
 
 __all__ = ["check_parity", "assert_parity", "ParityReport", "OutputCheck", "DEFAULT_ALPHA", "DEFAULT_SAMPLES",
-           "ReferenceSide", "vacuous_warnings", "draws_warning"]
+           "ReferenceSide", "vacuous_warnings", "draws_warning", "onnxruntime_seed", "anchor_count", "SEEDING"]
 
 # The KS statistic (the largest gap between the two sides' distribution functions) that the
 # statistical test must be able to see: a lost dropout moves it to about 1, a dropout rate
@@ -60,19 +80,18 @@ class ReferenceSide(Protocol):
 
 @dataclass(frozen=True)
 class _Options:
-    atol: float
-    rtol: float
+    atol: Tolerances
+    rtol: Tolerances
     samples: int | None
     seed: int
     alpha: float
 
     def __post_init__(self) -> None:
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise InvalidArgumentError(f"{name} must be a number >= 0, got {value!r}")
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 4):
-            raise InvalidArgumentError(f"samples must be an integer >= 4, got {self.samples!r}")
+        if self.samples is not None and (not isinstance(self.samples, int) or isinstance(self.samples, bool)
+                                         or not 4 <= self.samples <= MAX_SAMPLES):
+            raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {self.samples!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
         if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and 0 < self.alpha < 1):
             raise InvalidArgumentError(f"alpha must be in (0, 1), got {self.alpha!r}")
 
@@ -82,10 +101,10 @@ def check_parity(
     onnx_path: str | os.PathLike[str],
     inputs: Any = None,
     *,
-    atol: float | None = None,
-    rtol: float | None = None,
+    atol: float | Mapping[str, float] | None = None,
+    rtol: float | Mapping[str, float] | None = None,
     samples: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     random_inputs: int = 3,
     alpha: float = DEFAULT_ALPHA,
     weights: str | os.PathLike[str] | None = None,
@@ -103,9 +122,16 @@ def check_parity(
             ONNX batch is dynamic), a list of tuples (used as given), or a path to an
             ``.npz``. ``None`` generates inputs from the ONNX input signature.
         atol, rtol: tolerances of the element-wise rule ``|onnx-ref| <= atol + rtol*|ref|``
-            (default 1e-4 and 1e-3, or those a golden file records).
-        samples: draws per side for stochastic models (default 32).
-        seed: seeds the random inputs and the reference's randomness.
+            (default :data:`~hookwrap.compare.DEFAULT_ATOL` 1e-4 and ``DEFAULT_RTOL`` 1e-3, or
+            those a golden file records): a number, or a mapping from output name to
+            number, as Polygraphy takes them (the key ``"*"`` sets the other outputs').
+            A statistical check never fails on a difference within them.
+        samples: draws per side for stochastic models (default ``DEFAULT_SAMPLES``, 256).
+        seed: fixes every random choice of the check: the random inputs, the reference's
+            draws, and onnxruntime's random operators (seeded with
+            :func:`~hookwrap.compare.onnxruntime_seed`), so that the same model, file,
+            inputs and seed give the same report. Default 0, or the seed a golden file was
+            recorded with (its check then reports what the model's own check reported).
         random_inputs: how many random input sets to add to an example.
         alpha: family-wise false-alarm bound of the statistical test.
         weights: a safetensors file whose tensors a copy of ``reference`` gets (as a plain
@@ -133,33 +159,59 @@ def check_parity(
         raise HookwrapError(f"check_parity of {os.fspath(onnx_path)!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any, atol: float | None,
-                  rtol: float | None, samples: int | None, seed: int, random_inputs: int, alpha: float,
+def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any, atol: Any, rtol: Any,
+                  samples: int | None, seed: int | None, random_inputs: int, alpha: float,
                   weights: str | os.PathLike[str] | None, progress: Callable[[int, int], None] | None) -> ParityReport:
     start = time.perf_counter()
-    options = _Options(1e-4 if atol is None else atol, 1e-3 if rtol is None else rtol, samples, seed, alpha)
+    if seed is None:
+        seed = 0
+        if isinstance(reference, (str, os.PathLike)):
+            from .golden import recorded_seed
+
+            seed = recorded_seed(reference)
+    options = _Options(tolerances(atol, "atol", DEFAULT_ATOL), tolerances(rtol, "rtol", DEFAULT_RTOL), samples, seed,
+                       alpha)
     onnx_file = read_onnx(onnx_path, graph=False)
-    session = open_session(onnx_file)
+    session = open_session(onnx_file, seed=onnxruntime_seed(seed))
     sig = PI.signature(session)
     random_ops = onnx_file.random_ops
     side = _reference_side(reference, inputs, sig, options, random_inputs, weights)
     recorded = getattr(side, "tolerances", {})
-    options = _Options(recorded.get("atol", options.atol) if atol is None else atol,
-                       recorded.get("rtol", options.rtol) if rtol is None else rtol, samples, seed, alpha)
+    options = _Options(options.atol if atol is not None else tolerances(recorded.get("atol"), "atol", DEFAULT_ATOL),
+                       options.rtol if rtol is not None else tolerances(recorded.get("rtol"), "rtol", DEFAULT_RTOL),
+                       samples, seed, alpha)
     statistical = side.stochastic or bool(random_ops)
     k = samples or getattr(side, "samples", None) or DEFAULT_SAMPLES
     out_names = [o.name for o in session.get_outputs()]
+    unknown = sorted((set(options.atol.per_output) | set(options.rtol.per_output)) - set(out_names))
+    if unknown:
+        raise InvalidArgumentError(f"a tolerance names output {unknown[0]!r}, which the ONNX model does not have; "
+                                   f"its outputs are {out_names}")
     running = getattr(side, "running", None)
     with running() if running is not None else contextlib.nullcontext():
         checks = _run_checks(side, session, sig, out_names, statistical, k, options, progress)
     report = ParityReport(
         passed=bool(checks) and all(c.passed for c in checks), mode="statistical" if statistical else "exact",
-        onnx=str(onnx_path), atol=float(options.atol), rtol=float(options.rtol), seed=seed, checks=checks,
+        onnx=str(onnx_path), atol=options.atol.default, rtol=options.rtol.default, seed=seed, checks=checks,
         inputs=side.inputs.describe(), stochastic_reference=side.stochastic, random_ops=random_ops,
         alpha=float(options.alpha) if statistical else None, samples=k if statistical else None,
-        seconds=time.perf_counter() - start, notes=_notes(side.stochastic, random_ops), reference=side.kind)
+        seconds=time.perf_counter() - start, notes=_notes(side.stochastic, random_ops), reference=side.kind,
+        atol_per_output=dict(options.atol.per_output), rtol_per_output=dict(options.rtol.per_output),
+        reproduce=_reproduce(side, seed, k if statistical else None, random_inputs))
     report.warnings = [*side.warnings, *(_statistical_warnings(report) if statistical else vacuous_warnings(report))]
     return report
+
+
+def _reproduce(side: ReferenceSide, seed: int, k: int | None, random_inputs: int) -> dict[str, Any]:
+    """What a verdict depends on besides the model, the ONNX file and the inputs."""
+    import onnxruntime
+    import scipy
+
+    versions = {"hookwrap": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+                "onnxruntime": onnxruntime.__version__, "torch": getattr(side, "torch_version", None)}
+    return {"seed": seed, "onnxruntime_seed": onnxruntime_seed(seed), "samples": k,
+            "anchor": anchor_count(k) if k else None, "seeding": SEEDING, "draws": getattr(side, "draw_mode", None),
+            "random_inputs": random_inputs if side.kind == "model" else None, "versions": versions}
 
 
 def _reference_side(reference: Any, inputs: Any, sig: PI.Signature, options: _Options, random_inputs: int,
@@ -176,13 +228,23 @@ def _reference_side(reference: Any, inputs: Any, sig: PI.Signature, options: _Op
     return model_side(reference, inputs, sig, seed=options.seed, random_inputs=random_inputs, weights=weights)
 
 
+def _alphas(alpha: float, n_sets: int, n_out: int) -> tuple[float, float]:
+    """Bonferroni's split of the family-wise ``alpha``: per test of one input set and
+    output, and per pooled test of one output. With two or more sets, half of ``alpha``
+    goes to the pooled tests, which see small shifts that every input shares."""
+    if n_sets < 2:
+        return alpha / max(1, n_out * len(STAT_NAMES)), 0.0
+    return alpha / 2 / max(1, n_sets * n_out * len(STAT_NAMES)), alpha / 2 / max(1, n_out * len(POOLED_STATS))
+
+
 def _run_checks(side: ReferenceSide, session: Any, sig: PI.Signature, out_names: list[str], statistical: bool,
                 k: int, options: _Options, progress: Callable[[int, int], None] | None) -> list[OutputCheck]:
-    n_anchor = max(k // 2, 8)
+    n_anchor = anchor_count(k)
     per_input = (2 * k + n_anchor) if statistical else 2
     total = per_input * len(side.inputs.sets)
-    alpha_test = options.alpha / max(1, len(side.inputs.sets) * len(out_names) * len(STAT_NAMES))
+    alpha_test, alpha_pooled = _alphas(options.alpha, len(side.inputs.sets), len(out_names))
     checks: list[OutputCheck] = []
+    evidence: dict[int, list[Evidence]] = {j: [] for j in range(len(out_names))}
     for i, arrays in enumerate(side.inputs.sets):
         t0 = time.perf_counter()
         feeds = dict(zip(sig.names, arrays))
@@ -204,24 +266,33 @@ def _run_checks(side: ReferenceSide, session: Any, sig: PI.Signature, out_names:
                 seconds=elapsed))
             continue
         for j, name in enumerate(out_names):
+            atol, rtol = options.atol.of(name), options.rtol.of(name)
             if statistical:
-                comparison = _statistical(ref_draws, anchor, got_draws, j, alpha_test, options.seed + j)
+                comparison = _statistical(ref_draws, anchor, got_draws, j, options.seed + j, atol, rtol)
+                if isinstance(comparison, Evidence):
+                    evidence[j].append(comparison)
+                    comparison = compare_statistical_verdict(comparison, alpha_test)
                 ref_j, got_j = ref_draws[0][j], got_draws[0][j]
             else:
                 ref_j, got_j = refs[j], got[j]
-                comparison = compare_exact(ref_j, got_j, options.atol, options.rtol)
+                comparison = compare_exact(ref_j, got_j, atol, rtol)
             checks.append(OutputCheck.of(comparison, input=i, output=name, output_index=j, mode=mode,
-                                         reference=ref_j, onnx=got_j, seconds=elapsed))
+                                         reference=ref_j, onnx=got_j, seconds=elapsed, atol=atol, rtol=rtol))
+    if statistical and alpha_pooled:
+        for j, name in enumerate(out_names):
+            if len(evidence[j]) == len(side.inputs.sets):
+                checks.append(OutputCheck.of(compare_pooled(evidence[j], alpha_pooled), input=POOLED, output=name,
+                                             output_index=j, mode="statistical", reference=None, onnx=None,
+                                             seconds=0.0, atol=options.atol.of(name), rtol=options.rtol.of(name)))
     return checks
 
 
-def _statistical(ref_draws: list, anchor: list, got_draws: list, j: int, alpha_test: float, seed: int) -> Any:
-    from .compare import Comparison
-
+def _statistical(ref_draws: list, anchor: list, got_draws: list, j: int, seed: int, atol: float,
+                 rtol: float) -> Evidence | Comparison:
     if not all(d[j].shape == got_draws[0][j].shape for d in got_draws):
         return Comparison(passed=False, message="the ONNX output shape changes between runs")
-    return compare_statistical(np.stack([d[j] for d in ref_draws]), np.stack([d[j] for d in anchor]),
-                               np.stack([d[j] for d in got_draws]), alpha_test, seed)
+    return statistical_evidence(np.stack([d[j] for d in ref_draws]), np.stack([d[j] for d in anchor]),
+                                np.stack([d[j] for d in got_draws]), seed, atol=atol, rtol=rtol)
 
 
 def _notes(stochastic_ref: bool, random_ops: dict[str, int]) -> list[str]:
@@ -239,20 +310,26 @@ def _notes(stochastic_ref: bool, random_ops: dict[str, int]) -> list[str]:
 
 
 def vacuous_warnings(report: ParityReport) -> list[str]:
-    """A warning for every output whose reference values are all below ``atol``: an export
-    that lost a scale, a bias or a whole layer would pass such a check too."""
+    """A warning for every output whose tolerance would pass any value: when the largest
+    reference value ``m`` satisfies ``m * (1 - rtol) <= atol``, an export that returns
+    zeros (or lost a scale, a bias or a whole layer) passes this check too."""
     out = []
-    largest: dict[str, float] = {}
+    largest: dict[str, tuple[float, float, float]] = {}
     for check in report.checks:
         top = check.statistics.get("reference_max_abs") if check.statistics else None
         if top is not None:
-            largest[check.output] = max(largest.get(check.output, 0.0), top)
-    for name, top in largest.items():
-        if top < report.atol:
+            atol = report.atol if check.atol is None else check.atol
+            rtol = report.rtol if check.rtol is None else check.rtol
+            largest[check.output] = (max(largest.get(check.output, (0.0,))[0], top), atol, rtol)
+    for name, (top, atol, rtol) in largest.items():
+        if top * (1 - rtol) <= atol:
             suggest = f"atol={top * 1e-3:.2g}" if top > 0 else "a model whose outputs are not all zero"
-            out.append(f"vacuous check: every reference value of output {name!r} is below atol={report.atol:g} "
-                       f"(the largest is {top:.3g}), so this check cannot tell a correct export from a broken one; "
-                       f"pass {suggest} (a thousandth of the largest value), or check a model with trained weights")
+            if rtol >= 1:
+                suggest = f"rtol < 1 (it is {rtol:g}) and {suggest}"
+            out.append(f"vacuous check: output {name!r} passes any value, since its largest reference value "
+                       f"{top:.3g} is within atol={atol:g} + rtol={rtol:g} * |ref| of zero; a correct export "
+                       f"cannot be told from a broken one; pass {suggest} (a thousandth of the largest value), "
+                       f"or check a model with trained weights")
     return out
 
 

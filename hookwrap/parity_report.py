@@ -4,10 +4,12 @@ in a :class:`ParityReport` (truthy when parity holds) that writes JSON and JUnit
 JSON report schema (``ParityReport.to_dict()``)::
 
     {"passed": bool, "mode": "exact" | "statistical", "onnx": str, "atol": float,
-     "rtol": float, "alpha": float | null, "samples": int | null, "seed": int,
+     "rtol": float, "atol_per_output": {output: float}, "rtol_per_output": {output: float},
+     "alpha": float | null, "samples": int | null, "seed": int,
      "stochastic_reference": bool, "random_ops": {op: count}, "seconds": float,
      "inputs": [{"index": int, "source": str, "shapes": [[int]], "dtypes": [str]}],
      "checks": [{"input": int, "output": str, "output_index": int, "mode": str,
+                 "atol": float | null, "rtol": float | null,
                  "passed": bool, "message": str, "reference_shape": [int],
                  "onnx_shape": [int] | null, "reference_dtype": str, "onnx_dtype": str | null,
                  "max_abs_diff": float | null, "mean_abs_diff": float | null,
@@ -15,7 +17,15 @@ JSON report schema (``ParityReport.to_dict()``)::
                  "required_atol": float | null, "nan_mismatch": int,
                  "p_value": float | null, "alpha_per_test": float | null,
                  "statistics": {name: float}}],
-     "notes": [str], "warnings": [str], "reference": "model" | "golden", "summary": str}
+     "notes": [str], "warnings": [str], "reference": "model" | "golden", "summary": str,
+     "reproduce": {"seed": int, "onnxruntime_seed": int, "samples": int | null,
+                   "anchor": int | null, "seeding": int, "random_inputs": int | null,
+                   "versions": {package: str | null}}}
+
+A statistical check of several input sets adds, per output, one check with ``"input": -1``
+(:data:`POOLED`): the mean tests over all sets together. ``reproduce`` holds what the
+verdict depends on besides the model, the ONNX file and the inputs: the same values give
+the same report, timings aside (``seconds``).
 
 ``warnings`` lists what makes a verdict weak (a check that could not fail, too few draws);
 ``hookwrap check --strict`` turns them into a failure. numpy only.
@@ -35,7 +45,9 @@ import numpy as np
 from ._fs import atomic_write_text, write_json
 from .compare import Comparison, Measures
 
-__all__ = ["OutputCheck", "ParityReport"]
+__all__ = ["OutputCheck", "ParityReport", "POOLED"]
+
+POOLED = -1  # the ``input`` of a check that pools every input set of one output
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,15 +64,23 @@ class OutputCheck(Measures):
     onnx_shape: list[int] | None
     reference_dtype: str
     onnx_dtype: str | None
+    atol: float | None = None
+    rtol: float | None = None
     seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """``input[0].logits``, or ``inputs[all].logits`` for a pooled check."""
+        return f"inputs[all].{self.output}" if self.input == POOLED else f"input[{self.input}].{self.output}"
 
     @classmethod
     def of(cls, comparison: Comparison, *, input: int, output: str, output_index: int, mode: str,  # noqa: A002
-           reference: np.ndarray | None, onnx: np.ndarray | None, seconds: float) -> OutputCheck:
+           reference: np.ndarray | None, onnx: np.ndarray | None, seconds: float, atol: float | None = None,
+           rtol: float | None = None) -> OutputCheck:
         """The check of one output, from its :class:`~hookwrap.compare.Comparison`."""
         fields = {k: v for k, v in asdict(comparison).items() if k not in ("passed", "message")}
         return cls(input=input, output=output, output_index=output_index, mode=mode, passed=comparison.passed,
-                   message=comparison.message,
+                   message=comparison.message, atol=atol, rtol=rtol,
                    reference_shape=list(reference.shape) if reference is not None else [],
                    onnx_shape=list(onnx.shape) if onnx is not None else None,
                    reference_dtype=str(reference.dtype) if reference is not None else "",
@@ -101,6 +121,9 @@ class ParityReport:
     warnings: list[str] = field(default_factory=list)
     reference: str = "model"
     bisect: Any = None
+    atol_per_output: dict[str, float] = field(default_factory=dict)
+    rtol_per_output: dict[str, float] = field(default_factory=dict)
+    reproduce: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -110,30 +133,37 @@ class ParityReport:
 
     def summary(self) -> str:
         n_in = len(self.inputs)
-        n_out = len({c.output for c in self.checks})
+        n_out = len({c.output for c in self.checks if c.output_index >= 0})
         head = f"parity {'PASSED' if self.passed else 'FAILED'}: {n_in} input(s) x {n_out} output(s), {self.mode}"
         if self.mode == "exact":
             worst = max((c.max_abs_diff or 0.0 for c in self.checks), default=0.0)
-            head += f", max |diff| {worst:.3g} (atol {self.atol:g}, rtol {self.rtol:g})"
+            head += f", max |diff| {worst:.3g} (atol {self._tolerance('atol')}, rtol {self._tolerance('rtol')})"
         else:
             head += f", {self.samples} draws per side (alpha {self.alpha:g})"
         bad = self.failures()
         if bad:
             first = bad[0]
-            head += f"; first failure: input {first.input}, output {first.output!r}: {first.message}"
+            where = "all inputs" if first.input == POOLED else f"input {first.input}"
+            head += f"; first failure: {where}, output {first.output!r}: {first.message}"
         if self.warnings:
             head += f" ({len(self.warnings)} warning(s))"
         return head
 
+    def _tolerance(self, name: str) -> str:
+        per_output = getattr(self, f"{name}_per_output")
+        extra = "".join(f", {k}={v:g}" for k, v in per_output.items())
+        return f"{getattr(self, name):g}{extra}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed, "mode": self.mode, "onnx": self.onnx, "atol": self.atol, "rtol": self.rtol,
+            "atol_per_output": dict(self.atol_per_output), "rtol_per_output": dict(self.rtol_per_output),
             "alpha": self.alpha, "samples": self.samples, "seed": self.seed,
             "stochastic_reference": self.stochastic_reference, "random_ops": dict(self.random_ops),
             "seconds": round(self.seconds, 3), "inputs": self.inputs,
             "checks": [c.to_dict() for c in self.checks], "notes": list(self.notes),
             "warnings": list(self.warnings), "reference": self.reference, "summary": self.summary(),
-            **({"bisect": self.bisect.to_dict()} if self.bisect is not None else {}),
+            "reproduce": self.reproduce, **({"bisect": self.bisect.to_dict()} if self.bisect is not None else {}),
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
@@ -151,12 +181,18 @@ class ParityReport:
         props = ET.SubElement(ts, "properties")
         for key in ("onnx", "mode", "atol", "rtol", "alpha", "samples", "seed", "reference"):
             ET.SubElement(props, "property", name=key, value=str(getattr(self, key)))
+        for key in ("atol", "rtol"):
+            for output, value in getattr(self, f"{key}_per_output").items():
+                ET.SubElement(props, "property", name=f"{key}.{output}", value=str(value))
+        for key, value in self.reproduce.items():
+            if key != "versions" and value is not None:
+                ET.SubElement(props, "property", name=f"reproduce.{key}", value=str(value))
         for i, warning in enumerate(self.warnings):
             ET.SubElement(props, "property", name=f"warning.{i}", value=warning)
         classname = f"{suite}.{Path(self.onnx).stem}"
         for check in self.checks:
             case = ET.SubElement(ts, "testcase", classname=classname,
-                                 name=f"input[{check.input}].{check.output}", time=f"{check.seconds:.3f}")
+                                 name=check.label, time=f"{check.seconds:.3f}")
             if not check.passed:
                 failure = ET.SubElement(case, "failure", message=check.message, type="ParityMismatch")
                 failure.text = "\n".join(
@@ -176,7 +212,8 @@ class ParityReport:
         else:
             rows = [["input", "output", "result", "min p", "alpha/test", "spread ratio", "|mean diff|"]]
             for c in self.checks:
-                rows.append([str(c.input), c.output, "ok" if c.passed else "FAIL", _fmt(c.p_value),
+                rows.append(["all" if c.input == POOLED else str(c.input), c.output, "ok" if c.passed else "FAIL",
+                             _fmt(c.p_value),
                              _fmt(c.alpha_per_test), _fmt(c.statistics.get("spread_ratio")), _fmt(c.max_abs_diff)])
         return rows
 

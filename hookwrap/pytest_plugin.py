@@ -13,7 +13,9 @@ Installed with hookwrap (entry point ``pytest11``), it provides the fixture
 The fixture returns the :class:`~hookwrap.ParityReport`. Its figures are attached to
 the test with ``record_property``, so ``pytest --junitxml=report.xml`` carries them
 (``hookwrap.passed``, ``hookwrap.mode``, and per check ``hookwrap.input<i>.<output>.max_abs_diff``
-and friends). Pass ``junit=path`` or ``json=path`` to also write hookwrap's own reports.
+and friends, ``hookwrap.inputs_all.<output>.p_value`` for the pooled checks). Keyword
+arguments go to :func:`hookwrap.check_parity`: ``atol={"logits": 1e-3, "*": 1e-5}`` sets
+tolerances per output. Pass ``junit=path`` or ``json=path`` to also write hookwrap's own reports.
 The plugin imports nothing heavy until the fixture is used.
 """
 
@@ -31,7 +33,8 @@ def _record(record_property: Callable[[str, object], None], report: Any) -> None
     record_property("hookwrap.mode", report.mode)
     record_property("hookwrap.onnx", report.onnx)
     for check in report.checks:
-        prefix = f"hookwrap.input{check.input}.{check.output}"
+        where = "inputs_all" if check.input < 0 else f"input{check.input}"  # a pooled check covers every input
+        prefix = f"hookwrap.{where}.{check.output}"
         for key in ("passed", "max_abs_diff", "mean_abs_diff", "max_rel_diff", "mismatch_fraction",
                     "required_atol", "p_value"):
             value = getattr(check, key)

@@ -25,6 +25,9 @@ from ._torch import eval_mode
 from ._txn import deepcopy_model, preserved
 from .errors import InvalidArgumentError
 
+# Reference draws run this many at a time under torch.func.vmap (see ModelReference.batched_outputs).
+VMAP_CHUNK = 32
+
 __all__ = ["SeededOps", "ModelReference", "ModelSide", "model_side", "model_inputs", "with_weights",
            "looks_untrained", "record_arrays"]
 
@@ -103,6 +106,37 @@ class ModelReference:
             out = self.model(*self.args(arrays))
         return [v.detach().cpu().numpy() for v in _pytree.tree_leaves(out) if isinstance(v, Tensor)]
 
+    def batched_outputs(self, arrays: tuple[np.ndarray, ...], seed: int, n: int,
+                        like: list[np.ndarray]) -> list[list[np.ndarray]] | None:
+        """``n`` draws, :data:`VMAP_CHUNK` at a time, under ``torch.func.vmap`` with
+        ``randomness="different"``: every copy runs as its own call (a batch-wide reduction
+        sees one copy, as in a call of its own) and draws its own randomness, so the draws
+        are distributed as ``n`` separate calls, and the weights are read once per chunk,
+        not once per draw. Chunk ``c`` runs under ``torch.manual_seed(seed + c)``. None when
+        vmap cannot run the model, or its outputs do not look like ``like`` (a plain call's):
+        the caller then makes the draws one call at a time."""
+        leaves, spec = _pytree.tree_flatten(self.args(arrays))
+
+        def call(*batch: Tensor) -> list[Tensor]:
+            out = self.model(*_pytree.tree_unflatten(list(batch), spec))
+            return [v for v in _pytree.tree_leaves(out) if isinstance(v, Tensor)]
+
+        batched = torch.func.vmap(call, randomness="different")
+        draws: list[list[np.ndarray]] = []
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for c, start in enumerate(range(0, n, VMAP_CHUNK)):
+                m = min(VMAP_CHUNK, n - start)
+                torch.manual_seed(seed + c)
+                try:
+                    outs = batched(*(leaf.unsqueeze(0).expand(m, *leaf.shape) for leaf in leaves))
+                except Exception:  # an op or a hook that vmap cannot run: one call per draw instead
+                    return None
+                if len(outs) != len(like) or any(tuple(o.shape[1:]) != a.shape or o.dtype != torch.from_numpy(a).dtype
+                                                 for o, a in zip(outs, like)):
+                    return None
+                draws.extend([o[j].detach().cpu().numpy() for o in outs] for j in range(m))
+        return draws
+
     def first_run(self, arrays: tuple[np.ndarray, ...], seed: int) -> tuple[list[np.ndarray], bool]:
         """The outputs of a first run, and whether the model is stochastic."""
         watch = SeededOps()
@@ -156,14 +190,24 @@ class ModelSide:
     stochastic: bool
     warnings: list[str]
     kind: str = "model"
+    torch_version: str = torch.__version__.split("+")[0]
+    draw_mode: str | None = None
 
     def exact(self, index: int) -> list[np.ndarray]:
         return self.first if index == 0 else self.ref.outputs(self.inputs.sets[index], self.seed)
 
     def draws(self, index: int, k: int, n_anchor: int) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
-        """``k`` draws and ``n_anchor`` anchor draws of the reference, each with its own seed."""
+        """``k`` draws and ``n_anchor`` anchor draws of the reference: batched under vmap
+        where the model allows it (:meth:`ModelReference.batched_outputs`), else one call per
+        draw, each with its own seed. ``draw_mode`` says which ran."""
         base = (self.seed + 1) * 1_000_003 + index * 10_007
         arrays = self.inputs.sets[index]
+        like = self.first if index == 0 else self.ref.outputs(arrays, base)
+        batched = self.ref.batched_outputs(arrays, base, k + n_anchor, like) if self.draw_mode != "loop" else None
+        if batched is not None:
+            self.draw_mode = "vmap"
+            return batched[:k], batched[k:]
+        self.draw_mode = "loop"  # every later set too: one scheme per check
         return ([self.ref.outputs(arrays, base + d) for d in range(k)],
                 [self.ref.outputs(arrays, base + k + d) for d in range(n_anchor)])
 
@@ -213,16 +257,20 @@ def _recording_signature(model: nn.Module, inputs: Any) -> PI.Signature:
 
 
 def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, random_inputs: int,
-                  atol: float, rtol: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                  atol: Any, rtol: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The arrays and JSON entry of a golden file (see :mod:`hookwrap.golden`): the same
-    runs, with the same seeds, that ``check_parity`` makes of the model itself."""
-    from .compare import DEFAULT_SAMPLES
+    runs, with the same seeds, that ``check_parity`` makes of the model itself. ``atol``
+    and ``rtol`` are JSON values (a number, or ``{"*": default, output: value}``)."""
+    from .compare import DEFAULT_SAMPLES, MAX_SAMPLES, SEEDING, anchor_count
     from .inventory import list_hooks
 
-    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 4):
-        raise InvalidArgumentError(f"samples must be an integer >= 4, got {samples!r}")
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)
+                                or not 4 <= samples <= MAX_SAMPLES):
+        raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {samples!r}")
     sig = _recording_signature(model, inputs)
     side = model_side(model, inputs, sig, seed=seed, random_inputs=random_inputs, weights=None)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     k = samples or DEFAULT_SAMPLES
     arrays: dict[str, np.ndarray] = {}
     n_out = 0
@@ -230,7 +278,7 @@ def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, ra
         for i, s in enumerate(side.inputs.sets):
             arrays.update({f"input/{i}/{j}": a for j, a in enumerate(s)})
             if side.stochastic:
-                draws, anchor = side.draws(i, k, max(k // 2, 8))
+                draws, anchor = side.draws(i, k, anchor_count(k))
                 n_out = len(draws[0])
                 arrays.update({f"draw/{i}/{j}": np.stack([d[j] for d in draws]) for j in range(n_out)})
                 arrays.update({f"anchor/{i}/{j}": np.stack([d[j] for d in anchor]) for j in range(n_out)})
@@ -239,8 +287,10 @@ def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, ra
                 n_out = len(outs)
                 arrays.update({f"output/{i}/{j}": a for j, a in enumerate(outs)})
     meta = {"torch_version": torch.__version__.split("+")[0], "stochastic": side.stochastic,
-            "samples": k if side.stochastic else None, "anchor": max(k // 2, 8) if side.stochastic else None,
-            "seed": seed, "atol": atol, "rtol": rtol, "sets": len(side.inputs.sets),
+            "samples": k if side.stochastic else None, "anchor": anchor_count(k) if side.stochastic else None,
+            "seed": seed, "atol": atol, "rtol": rtol, "sets": len(side.inputs.sets), "seeding": SEEDING,
+            "draw_mode": side.draw_mode,
+            "random_inputs": random_inputs, "numpy_version": np.__version__,
             "inputs": len(side.inputs.sets[0]), "outputs": n_out, "sources": side.inputs.sources,
             "input_names": sig.names, "warnings": side.warnings, "inventory": list_hooks(model).to_dict()}
     return arrays, meta

@@ -91,9 +91,11 @@ def test_every_entry_reads_without_pickle_and_records_what_it_needs(exports):
     with np.load(folder / "golden.npz", allow_pickle=False) as data:
         entries = {k: data[k] for k in data.files}
     meta = json.loads(entries.pop("__hookwrap_golden__").tobytes())
-    assert meta["format"] == "hookwrap-golden" and meta["format_version"] == 1 and not meta["stochastic"]
+    assert meta["format"] == "hookwrap-golden" and meta["format_version"] == hw.golden.GOLDEN_VERSION == 2 and not meta["stochastic"]
     assert meta["hookwrap_version"] == hw.__version__ and meta["torch_version"]
-    assert meta["atol"] == 1e-4 and meta["rtol"] == 1e-3 and meta["sets"] == 4
+    assert meta["atol"] == hw.compare.DEFAULT_ATOL and meta["rtol"] == hw.compare.DEFAULT_RTOL and meta["sets"] == 4
+    assert meta["seed"] == 0 and meta["seeding"] == hw.compare.SEEDING and meta["random_inputs"] == 3
+    assert meta["numpy_version"] == np.__version__
     assert [h["kind"] for h in meta["inventory"]["hooks"]] == ["forward", "forward_pre"]
     assert sorted(entries) == sorted([f"input/{i}/0" for i in range(4)] + [f"output/{i}/0" for i in range(4)])
     with np.load(folder / "mc_golden.npz", allow_pickle=False) as data:
@@ -202,7 +204,27 @@ def _fifo(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("make", [_truncated, _object_array, _bad_meta, _lying_size, _fifo])
+def _meta_field(field: str, value: object):
+    def make(src: Path, dst: Path) -> Path:
+        with np.load(src, allow_pickle=False) as data:
+            entries = {k: data[k] for k in data.files}
+        meta = json.loads(entries["__hookwrap_golden__"].tobytes())
+        meta[field] = value
+        entries["__hookwrap_golden__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        np.savez(dst, **entries)
+        return dst
+
+    make.__name__ = f"_{field}_{str(value)[:20]}"
+    return make
+
+
+HOSTILE_META = [_meta_field("atol", {"output": -1.0}), _meta_field("atol", {"output": 1e300}),
+                _meta_field("rtol", {str(i): 0.1 for i in range(2000)}), _meta_field("atol", "1e-4"),
+                _meta_field("rtol", {"*": float("inf")}), _meta_field("seed", -1), _meta_field("seed", 2**64)]
+
+
+@pytest.mark.parametrize("make", [_truncated, _object_array, _bad_meta, _lying_size, _fifo, *HOSTILE_META],
+                         ids=lambda make: make.__name__)
 def test_hostile_golden_files_are_one_line_errors(exports, tmp_path, make):
     folder, *_ = exports
     bad = make(folder / "golden.npz", tmp_path / "bad.npz")

@@ -179,8 +179,8 @@ def test_converted_vision_models_keep_hidden_states_and_attentions(family):
     converted = hw.convert(model, inputs)
     for options in ({}, {"output_hidden_states": True}, {"output_attentions": True}, {"return_dict": False},
                     {"output_hidden_states": True, "return_dict": False}):
-        assert hw._torch.first_difference(outputs(converted, inputs, **options),
-                                          outputs(model, inputs, **options)) is None, options
+        assert hw._diff.first_difference(outputs(converted, inputs, **options),
+                                         outputs(model, inputs, **options)) is None, options
     report = hw.conversion_report(converted)
     assert {c.what: c.status for c in report.checks}["the example inputs with output_hidden_states=True"] == "passed"
     assert {a.action for a in report if a.origin == "transformers"} == {"kept"}

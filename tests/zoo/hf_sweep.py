@@ -40,7 +40,8 @@ from libmodels import DECODERS, HF_FAMILIES, greedy, hf_model, hook_llm, scaled_
 from torch import nn
 
 import hookwrap as hw
-from hookwrap._torch import first_difference, other_sizes
+from hookwrap._diff import first_difference
+from hookwrap._torch import other_sizes
 from zoo.timm_sweep import Timeout, quiet, timebox, timed
 
 _L = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)

@@ -46,7 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import hookwrap as hw
-from hookwrap._torch import first_difference
+from hookwrap._diff import first_difference
 from zoo.sweep import attach
 
 MAX_PARAMS = 20_000_000
