@@ -10,7 +10,7 @@ install: $(STAMP)
 # Idempotent: re-runs only when the pins or the project metadata change.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dev]'
 	# steering-vectors pins transformers<5; it runs with ours, so it goes in without its dependencies
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt steering-vectors
 	@touch $(STAMP)

@@ -36,6 +36,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+_TORCH_EXTRA = ("torch", "torchvision", "onnxscript")  # what pip install 'hookwrap[torch]' adds
+_SPEC_HELP = "package.module:factory or path/to/file.py:factory; the factory returns a model or (model, example)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hookwrap",
@@ -48,26 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="list every hook on a model and what convert would do")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument("--json", action="store_true", help="print the inventory as JSON")
 
     p = sub.add_parser("convert", help="convert hooks to modules and save one .safetensors file")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("export", help="convert, export to ONNX and optionally check parity")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--weights", help="a .safetensors file loaded into the model first (plain state dict)")
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    p.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo",
+                   help="torch.onnx.export(dynamo=True) (default) or the legacy TorchScript exporter")
     p.add_argument("--check", action="store_true", help="check parity with onnxruntime; exit 1 if it fails")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("check", help="check that an ONNX file computes what the hooked model computes")
-    p.add_argument("onnx", metavar="M.onnx")
+    p.add_argument("onnx", metavar="M.onnx", help="the ONNX file to check")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--reference", metavar="SPEC", help="the original, hooked model")
     source.add_argument("--golden", metavar="G.npz", help="a golden file from hookwrap record (needs no torch)")
@@ -78,25 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
                                                f"the golden file's)")
     p.add_argument("--seed", type=int, help="fixes the random inputs and every draw of both sides: the same seed "
                                             "gives the same report (default 0, or the golden file's)")
-    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here")
+    p.add_argument("--json", metavar="PATH", help="write the JSON report here (also when the check cannot run)")
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here (also when the check cannot run)")
+    p.add_argument("--override-tolerance", action="store_true",
+                   help="with --golden: allow --atol/--rtol looser than the golden file's (the report says so)")
     p.add_argument("--bisect", action="store_true", help="with --reference: on failure, name the first diverging module")
     p.add_argument("--plot", metavar="PNG", help="with --bisect: draw the error per layer")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (such as a check that cannot fail)")
 
     p = sub.add_parser("record", help="record the hooked model's outputs into a golden .npz, for a gate without torch")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument("-o", "--output", required=True, help="the golden .npz file to write")
     p.add_argument("--inputs", help="an .npz of inputs (default: the factory's example and 3 random sets)")
     p.add_argument("--samples", type=int, help=f"draws per input for stochastic models (default {DEFAULT_SAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="fixes the random inputs and the draws (default 0)")
     _tolerance_options(p, "the tolerance checks of this file use")
+    p.add_argument("--onnx", metavar="M.onnx", help="the export the gate will check: the golden file binds its "
+                                                    "interface (names, types, ranks, dynamic axes) and gets its "
+                                                    "input sets as the live check makes them")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = sub.add_parser("verify", help="check a .safetensors file's tensors against their recorded digests")
-    p.add_argument("file", metavar="FILE.safetensors")
+    p.add_argument("file", metavar="FILE.safetensors", help="the .safetensors file hookwrap saved")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    for command in _subcommands(parser).values():  # --debug works after the subcommand too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _tolerance_options(p: argparse.ArgumentParser, which: str) -> None:
@@ -348,7 +367,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if path:
             _output_folder(path)
     report = _parity(console, model, args.onnx, inputs, False, samples=args.samples, seed=args.seed,
-                     weights=args.weights, **_tolerances(args))
+                     weights=args.weights, override_tolerance=args.override_tolerance, **_tolerances(args))
     if args.bisect and not report:
         try:
             with _status(console, "bisecting: comparing every module's output", False):
@@ -392,7 +411,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     inputs = args.inputs or _need_example(example, args.spec, "record without --inputs")
     _output_folder(args.output)
     with _status(console, "recording the reference", args.json):
-        meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, **_tolerances(args))
+        meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, onnx=args.onnx,
+                         **_tolerances(args))
     size = Path(args.output).stat().st_size
     summary = {k: meta[k] for k in ("stochastic", "sets", "inputs", "outputs", "samples", "atol", "rtol")}
     if args.json:
@@ -433,9 +453,34 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _missing_extra(exc: BaseException | None) -> str | None:
+    """The package of hookwrap's torch extra whose absence caused ``exc`` (anywhere in its
+    chain: a factory that imports torch fails inside the SPEC loader), or None."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in _TORCH_EXTRA:
+            return (exc.name or "").split(".")[0]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _error_reports(args: argparse.Namespace, detail: str) -> None:
+    """With --json/--junit, ``check`` writes its reports on exit 2 too, naming the cause."""
+    if args.command != "check" or not (args.json or args.junit):
+        return
+    from .parity_report import write_error_reports
+
+    try:
+        write_error_reports(detail, onnx=args.onnx, json_path=args.json, junit_path=args.junit)
+    except Exception as exc:  # the error itself is what the user must see; say why no report too
+        sys.stderr.write(f"hookwrap: could not write the error report: {_one_line(exc)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # say it where the user was: the subcommand's help lists its options
+        _subcommands(parser).get(args.command or "", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
@@ -451,8 +496,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         known = isinstance(exc, UsageError) or type(exc).__module__.startswith("hookwrap")
         detail = _one_line(exc)
-        if not known:
+        missing = _missing_extra(exc)
+        if missing:
+            detail = (f"hookwrap {args.command} needs {missing}, which this install does not have: "
+                      f"pip install 'hookwrap[torch]' (check --golden needs no torch)")
+        elif not known:
             detail = f"{type(exc).__name__}: {detail}"
+        _error_reports(args, detail)
         hint = "" if args.debug else " (--debug shows the traceback)"
         sys.stderr.write(f"hookwrap: error: {detail}{hint}\n")
         return EXIT_USAGE

@@ -16,6 +16,7 @@ Layout (``format_version`` 2; 1 is still read; every entry reads with
                              "random_inputs": int, "atol": float | {"*": float,
                              output: float}, "rtol": (the same), "sets": N, "inputs": M,
                              "outputs": P, "sources": [str], "input_names": [str],
+                             "interface": {"inputs": [{"name", "type", "shape"}], "outputs": [...]} | null,
                              "inventory": {...hw.inventory(model).to_dict()...}}
     input/<i>/<j>            input j of set i
     output/<i>/<j>           output j of set i (deterministic models)
@@ -54,7 +55,8 @@ MAX_META = 64 << 20
 
 def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: int | None = None, seed: int = 0,
            random_inputs: int = 3, atol: float | Mapping[str, float] = DEFAULT_ATOL,
-           rtol: float | Mapping[str, float] = DEFAULT_RTOL) -> dict[str, Any]:
+           rtol: float | Mapping[str, float] = DEFAULT_RTOL,
+           onnx: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Record ``model``'s outputs (or draws) on its inputs into a golden ``.npz``, atomically.
 
     Args:
@@ -68,6 +70,11 @@ def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: in
         atol, rtol: the tolerances a check of this file uses by default: numbers, or
             mappings from output name to number (``"*"`` for the other outputs), at most
             1e3 and 1.
+        onnx: the ONNX export of ``model`` that the gate will check (recommended): the
+            file binds its interface (input and output names, element types, ranks and
+            dynamic axes), which ``check --golden`` then compares, and its inputs are made
+            as the live check makes them (a set at another batch size when the batch is
+            dynamic), so that the golden check is the live check.
 
     Returns:
         The JSON entry written (``stochastic``, ``sets``, ``samples``, ...).
@@ -84,8 +91,14 @@ def record(model: Any, inputs: Any, path: str | os.PathLike[str], *, samples: in
 
     atol_json = _bounded(tolerances(atol, "atol", DEFAULT_ATOL).to_json(), "atol", MAX_ATOL)
     rtol_json = _bounded(tolerances(rtol, "rtol", DEFAULT_RTOL).to_json(), "rtol", MAX_RTOL)
+    bound = None
+    if onnx is not None:
+        from ._onnx import open_session, read_onnx
+
+        session = open_session(read_onnx(onnx, graph=False))
+        bound = (PI.signature(session), PI.interface(session))
     arrays, meta = record_arrays(model, inputs, samples=samples, seed=seed, random_inputs=random_inputs,
-                                 atol=atol_json, rtol=rtol_json)
+                                 atol=atol_json, rtol=rtol_json, bound=bound)
     meta = {"format": GOLDEN_FORMAT, "format_version": GOLDEN_VERSION, "hookwrap_version": __version__, **meta}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     _write(path, arrays)
@@ -117,6 +130,18 @@ class GoldenSide:
     kind: str = "golden"
     torch_version: str | None = None
     draw_mode: str | None = None
+    interface: dict[str, Any] | None = None
+    input_names: list[str] = field(default_factory=list)
+
+    def interface_differences(self, session: Any) -> list[str]:
+        """How the ONNX model's interface departs from the one this file was recorded
+        against (its bound interface, else the input names it recorded)."""
+        if self.interface is not None:
+            return PI.interface_differences(self.interface, PI.interface(session))
+        names = [a.name for a in session.get_inputs()]
+        if self.input_names and names != self.input_names:
+            return [f"input names {names} against the recorded {self.input_names}"]
+        return []
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], sig: PI.Signature) -> GoldenSide:
@@ -165,7 +190,9 @@ class GoldenSide:
         return cls(PI.InputSets(sets, list(meta["sources"])), stochastic, meta["samples"] if stochastic else None,
                    [] if stochastic else per_set, per_set if stochastic else [], anchors, warnings, recorded,
                    torch_version=torch_version[:40] if torch_version else None,
-                   draw_mode=meta.get("draw_mode") if meta.get("draw_mode") in ("vmap", "loop") else None)
+                   draw_mode=meta.get("draw_mode") if meta.get("draw_mode") in ("vmap", "loop") else None,
+                   interface=_interface(meta.get("interface"), name),
+                   input_names=_names(meta.get("input_names"), meta["inputs"]))
 
     def exact(self, index: int) -> list[np.ndarray]:
         if self.stochastic:
@@ -225,6 +252,21 @@ def _entries(meta: dict[str, Any]) -> set[str]:
     if meta["stochastic"]:
         expected |= {f"anchor/{i}/{j}" for i in range(n_sets) for j in range(n_out)}
     return expected
+
+
+def _interface(value: Any, name: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        return PI.read_interface(value, name)
+    except InvalidArgumentError as exc:
+        raise ManifestError(str(exc), key="interface") from None
+
+
+def _names(value: Any, count: int) -> list[str]:
+    """Recorded input names, if they are what record writes; else none (not compared)."""
+    ok = isinstance(value, list) and len(value) == count and all(isinstance(n, str) and len(n) <= 1000 for n in value)
+    return list(value) if ok else []
 
 
 def _read_meta(npz: Any, name: str) -> dict[str, Any]:

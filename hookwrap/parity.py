@@ -109,6 +109,7 @@ def check_parity(
     alpha: float = DEFAULT_ALPHA,
     weights: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    override_tolerance: bool = False,
 ) -> ParityReport:
     """Check that ``onnx_path`` computes what the eager ``reference`` computes.
 
@@ -137,6 +138,10 @@ def check_parity(
         weights: a safetensors file whose tensors a copy of ``reference`` gets (as a plain
             state dict; wrapper-owned keys are ignored): ``reference`` itself is not changed.
         progress: called as ``progress(done, total)`` while running.
+        override_tolerance: with a golden file, allow ``atol``/``rtol`` looser than the
+            ones it records for some output (the report's ``tolerance_override`` says so);
+            without it, a looser tolerance is an error, so that a gate cannot be loosened
+            by a command-line flag unnoticed.
 
     Returns:
         A :class:`ParityReport`, truthy when parity holds; ``warnings`` says when the
@@ -152,7 +157,7 @@ def check_parity(
     """
     try:
         return _check_parity(reference, onnx_path, inputs, atol, rtol, samples, seed, random_inputs, alpha, weights,
-                             progress)
+                             progress, override_tolerance)
     except HookwrapError:
         raise
     except Exception as exc:  # every failure is a HookwrapError, with what failed
@@ -161,7 +166,8 @@ def check_parity(
 
 def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any, atol: Any, rtol: Any,
                   samples: int | None, seed: int | None, random_inputs: int, alpha: float,
-                  weights: str | os.PathLike[str] | None, progress: Callable[[int, int], None] | None) -> ParityReport:
+                  weights: str | os.PathLike[str] | None, progress: Callable[[int, int], None] | None,
+                  override_tolerance: bool = False) -> ParityReport:
     start = time.perf_counter()
     if seed is None:
         seed = 0
@@ -187,9 +193,20 @@ def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any
     if unknown:
         raise InvalidArgumentError(f"a tolerance names output {unknown[0]!r}, which the ONNX model does not have; "
                                    f"its outputs are {out_names}")
+    looser = _looser(recorded, options, out_names) if side.kind == "golden" else None
+    if looser and not override_tolerance:
+        raise InvalidArgumentError(f"{looser}; pass --override-tolerance (override_tolerance=True) to loosen the "
+                                   f"golden file's tolerance")
     running = getattr(side, "running", None)
     with running() if running is not None else contextlib.nullcontext():
         checks = _run_checks(side, session, sig, out_names, statistical, k, options, progress)
+    differences = side.interface_differences(session) if hasattr(side, "interface_differences") else []
+    if differences:  # a renamed, added or missing input or output, or a dynamic axis made fixed
+        checks.insert(0, OutputCheck(
+            input=POOLED, output="<interface>", output_index=-1, mode="statistical" if statistical else "exact",
+            passed=False, message="the ONNX model's interface is not the one the golden file was recorded against: "
+                                  + "; ".join(differences), reference_shape=[], onnx_shape=None, reference_dtype="",
+            onnx_dtype=None))
     report = ParityReport(
         passed=bool(checks) and all(c.passed for c in checks), mode="statistical" if statistical else "exact",
         onnx=str(onnx_path), atol=options.atol.default, rtol=options.rtol.default, seed=seed, checks=checks,
@@ -197,9 +214,20 @@ def _check_parity(reference: Any, onnx_path: str | os.PathLike[str], inputs: Any
         alpha=float(options.alpha) if statistical else None, samples=k if statistical else None,
         seconds=time.perf_counter() - start, notes=_notes(side.stochastic, random_ops), reference=side.kind,
         atol_per_output=dict(options.atol.per_output), rtol_per_output=dict(options.rtol.per_output),
-        reproduce=_reproduce(side, seed, k if statistical else None, random_inputs))
+        reproduce=_reproduce(side, seed, k if statistical else None, random_inputs), tolerance_override=bool(looser))
     report.warnings = [*side.warnings, *(_statistical_warnings(report) if statistical else vacuous_warnings(report))]
     return report
+
+
+def _looser(recorded: dict[str, Any], options: _Options, out_names: list[str]) -> str | None:
+    """What a given tolerance loosens against a golden file's, or None."""
+    for name in ("atol", "rtol"):
+        mine = getattr(options, name)
+        theirs = tolerances(recorded.get(name), name, DEFAULT_ATOL if name == "atol" else DEFAULT_RTOL)
+        for out in out_names:
+            if mine.of(out) > theirs.of(out):
+                return f"{name} {mine.of(out):g} for output {out!r} is looser than the golden file's {theirs.of(out):g}"
+    return None
 
 
 def _reproduce(side: ReferenceSide, seed: int, k: int | None, random_inputs: int) -> dict[str, Any]:

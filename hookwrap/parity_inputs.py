@@ -18,7 +18,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 
 __all__ = ["Signature", "InputSets", "signature", "load_inputs", "from_npz", "from_given", "from_example",
-           "from_signature"]
+           "from_signature", "interface", "interface_differences", "read_interface"]
 
 _ONNX_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -60,6 +60,67 @@ def signature(session: Any) -> Signature:
     args = session.get_inputs()
     return Signature([a.name for a in args], [[d if isinstance(d, int) else None for d in a.shape] for a in args],
                      [_ONNX_TYPES.get(a.type) for a in args])
+
+
+def interface(session: Any) -> dict[str, list[dict[str, Any]]]:
+    """An ONNX model's interface as JSON: per input and output, its name, element type and
+    shape (``None`` for a dynamic axis). A golden file binds it; ``check --golden`` compares."""
+    def describe(args: Any) -> list[dict[str, Any]]:
+        return [{"name": a.name, "type": a.type, "shape": [d if isinstance(d, int) else None for d in a.shape]}
+                for a in args]
+
+    return {"inputs": describe(session.get_inputs()), "outputs": describe(session.get_outputs())}
+
+
+def read_interface(value: Any, where: str) -> dict[str, list[dict[str, Any]]]:
+    """Check an interface read from a file (bounded, every field typed).
+
+    Raises:
+        InvalidArgumentError: it is not what :func:`interface` writes.
+    """
+    ok = isinstance(value, dict) and set(value) == {"inputs", "outputs"}
+    for side in ("inputs", "outputs") if ok else ():
+        entries = value[side]
+        ok = ok and isinstance(entries, list) and len(entries) <= 1000 and all(
+            isinstance(e, dict) and set(e) == {"name", "type", "shape"} and isinstance(e["name"], str)
+            and len(e["name"]) <= 1000 and isinstance(e["type"], str) and len(e["type"]) <= 100
+            and isinstance(e["shape"], list) and len(e["shape"]) <= 64
+            and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63) for d in e["shape"])
+            for e in entries)
+    if not ok:
+        raise InvalidArgumentError(f"{where}: the recorded interface is damaged")
+    return value
+
+
+def interface_differences(bound: dict[str, list[dict[str, Any]]], got: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """How ``got`` (an ONNX model's interface) departs from ``bound`` (the one a golden file
+    was recorded against): renamed, added or missing inputs and outputs, other element
+    types or ranks, other fixed sizes, and dynamic axes that became fixed. Empty if none."""
+    out = []
+    for side in ("inputs", "outputs"):
+        want = [e["name"] for e in bound[side]]
+        have = [e["name"] for e in got[side]]
+        if want != have:
+            missing = [n for n in want if n not in have]
+            added = [n for n in have if n not in want]
+            what = "; ".join(x for x in (f"missing {missing}" if missing else "", f"added {added}" if added else "")
+                             if x) or "in another order"
+            out.append(f"{side[:-1]} names {have} against the recorded {want} ({what})")
+            continue
+        for w, h in zip(bound[side], got[side]):
+            if w["type"] != h["type"]:
+                out.append(f"{side[:-1]} {w['name']!r} is {h['type']}, recorded {w['type']}")
+            elif len(w["shape"]) != len(h["shape"]):
+                out.append(f"{side[:-1]} {w['name']!r} has rank {len(h['shape'])}, recorded {len(w['shape'])}")
+            else:
+                for axis, (a, b) in enumerate(zip(w["shape"], h["shape"])):
+                    if a is None and b is not None:
+                        out.append(f"axis {axis} of {side[:-1]} {w['name']!r} was dynamic and is fixed at {b} "
+                                   f"(an export without the dynamic axis)")
+                    elif a is not None and a != b:
+                        out.append(f"axis {axis} of {side[:-1]} {w['name']!r} is {'dynamic' if b is None else b}, "
+                                   f"recorded {a}")
+    return out
 
 
 @dataclass(frozen=True)

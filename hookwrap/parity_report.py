@@ -45,7 +45,7 @@ import numpy as np
 from ._fs import atomic_write_text, write_json
 from .compare import Comparison, Measures
 
-__all__ = ["OutputCheck", "ParityReport", "POOLED"]
+__all__ = ["write_error_reports", "OutputCheck", "ParityReport", "POOLED"]
 
 POOLED = -1  # the ``input`` of a check that pools every input set of one output
 
@@ -124,6 +124,7 @@ class ParityReport:
     atol_per_output: dict[str, float] = field(default_factory=dict)
     rtol_per_output: dict[str, float] = field(default_factory=dict)
     reproduce: dict[str, Any] = field(default_factory=dict)
+    tolerance_override: bool = False
 
     def __bool__(self) -> bool:
         return self.passed
@@ -163,7 +164,8 @@ class ParityReport:
             "seconds": round(self.seconds, 3), "inputs": self.inputs,
             "checks": [c.to_dict() for c in self.checks], "notes": list(self.notes),
             "warnings": list(self.warnings), "reference": self.reference, "summary": self.summary(),
-            "reproduce": self.reproduce, **({"bisect": self.bisect.to_dict()} if self.bisect is not None else {}),
+            "reproduce": self.reproduce, "tolerance_override": self.tolerance_override,
+            **({"bisect": self.bisect.to_dict()} if self.bisect is not None else {}),
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
@@ -224,3 +226,21 @@ def _fmt(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def write_error_reports(error: str, *, onnx: str, json_path: str | os.PathLike[str] | None = None,
+                        junit_path: str | os.PathLike[str] | None = None, suite: str = "hookwrap.parity") -> None:
+    """The reports of a check that could not run (exit 2: bad input, a golden file for
+    another model, an ONNX file onnxruntime refuses): JSON with ``"passed": false`` and
+    ``"error"``, JUnit with one testcase holding an ``<error>``, so that CI report widgets
+    show the cause."""
+    if json_path is not None:
+        write_json({"passed": False, "error": error, "onnx": onnx, "checks": []}, json_path, 2)
+    if junit_path is not None:
+        root = ET.Element("testsuites", name=suite, tests="1", failures="0", errors="1", time="0.000")
+        ts = ET.SubElement(root, "testsuite", name=suite, tests="1", failures="0", errors="1", skipped="0",
+                           time="0.000")
+        case = ET.SubElement(ts, "testcase", classname=f"{suite}.{Path(onnx).stem}", name="check", time="0.000")
+        ET.SubElement(case, "error", message=error, type="CheckError").text = error
+        ET.indent(root)
+        atomic_write_text(junit_path, ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")

@@ -44,10 +44,11 @@ def _record(record_property: Callable[[str, object], None], report: Any) -> None
 
 @pytest.fixture
 def hookwrap_parity(record_property: Callable[[str, object], None]) -> Callable[..., Any]:
-    """``check(model, onnx_path, inputs=None, *, junit=None, json=None, **check_parity_kwargs)``:
-    run :func:`hookwrap.check_parity`, record its figures, fail the test if parity fails."""
+    """``check(model, onnx_path, inputs=None, *, strict=False, junit=None, json=None, **check_parity_kwargs)``:
+    run :func:`hookwrap.check_parity`, record its figures, fail the test if parity fails
+    (with ``strict=True``, also if the report has warnings, as ``hookwrap check --strict``)."""
 
-    def check(model: Any, onnx_path: str | os.PathLike[str], inputs: Any = None, *,
+    def check(model: Any, onnx_path: str | os.PathLike[str], inputs: Any = None, *, strict: bool = False,
               junit: str | os.PathLike[str] | None = None, json: str | os.PathLike[str] | None = None,
               **kwargs: Any) -> Any:
         import hookwrap as hw
@@ -58,7 +59,7 @@ def hookwrap_parity(record_property: Callable[[str, object], None]) -> Callable[
             report.to_junit(junit)
         if json is not None:
             report.to_json(json)
-        if not report:
+        if not report or (strict and report.warnings):
             lines = [report.summary(), *report.notes, *(f"warning: {w}" for w in report.warnings)]
             lines += ["  ".join(row) for row in report.rows()]
             pytest.fail("\n".join(lines), pytrace=False)

@@ -257,17 +257,19 @@ def _recording_signature(model: nn.Module, inputs: Any) -> PI.Signature:
 
 
 def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, random_inputs: int,
-                  atol: Any, rtol: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                  atol: Any, rtol: Any, bound: tuple[PI.Signature, dict[str, Any]] | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The arrays and JSON entry of a golden file (see :mod:`hookwrap.golden`): the same
     runs, with the same seeds, that ``check_parity`` makes of the model itself. ``atol``
-    and ``rtol`` are JSON values (a number, or ``{"*": default, output: value}``)."""
+    and ``rtol`` are JSON values (a number, or ``{"*": default, output: value}``); ``bound``
+    is the signature and interface of the ONNX export the file is recorded against."""
     from .compare import DEFAULT_SAMPLES, MAX_SAMPLES, SEEDING, anchor_count
     from .inventory import list_hooks
 
     if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)
                                 or not 4 <= samples <= MAX_SAMPLES):
         raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {samples!r}")
-    sig = _recording_signature(model, inputs)
+    sig = bound[0] if bound is not None else _recording_signature(model, inputs)
     side = model_side(model, inputs, sig, seed=seed, random_inputs=random_inputs, weights=None)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
@@ -289,7 +291,7 @@ def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, ra
     meta = {"torch_version": torch.__version__.split("+")[0], "stochastic": side.stochastic,
             "samples": k if side.stochastic else None, "anchor": anchor_count(k) if side.stochastic else None,
             "seed": seed, "atol": atol, "rtol": rtol, "sets": len(side.inputs.sets), "seeding": SEEDING,
-            "draw_mode": side.draw_mode,
+            "draw_mode": side.draw_mode, "interface": bound[1] if bound is not None else None,
             "random_inputs": random_inputs, "numpy_version": np.__version__,
             "inputs": len(side.inputs.sets[0]), "outputs": n_out, "sources": side.inputs.sources,
             "input_names": sig.names, "warnings": side.warnings, "inventory": list_hooks(model).to_dict()}

@@ -139,8 +139,22 @@ def test_bad_input_exits_2_with_one_line(workspace, args, message):
 
 
 def test_debug_shows_the_traceback(workspace):
-    proc = run(["--debug", "inspect", "factories.py:raises"], workspace, ok=(2,))
-    assert "Traceback" in proc.stderr and "ValueError: no GPU here" in proc.stderr
+    for args in (["--debug", "inspect", "factories.py:raises"], ["inspect", "factories.py:raises", "--debug"]):
+        proc = run(args, workspace, ok=(2,))
+        assert "Traceback" in proc.stderr and "ValueError: no GPU here" in proc.stderr, args
+
+
+def test_a_misspelled_option_points_at_the_subcommand_help(workspace):
+    proc = run(["check", "m.onnx", "--golden", "g.npz", "--atoll", "1"], workspace, ok=(2,))
+    assert "unrecognized arguments: --atoll 1 (see hookwrap check --help)" in proc.stderr
+
+
+def test_every_option_and_argument_has_help():
+    from hookwrap.cli import _subcommands, build_parser
+
+    for name, command in _subcommands(build_parser()).items():
+        for action in command._actions:
+            assert action.help, f"hookwrap {name}: {action.option_strings or action.dest} has no help"
 
 
 def test_version_and_help_are_fast():

@@ -24,14 +24,19 @@ def test_seed_dropout_journey_and_the_ci_parity_test(tmp_path):
     assert "the reloaded model matches under the same seed: True" in out
     assert "random ops {'RandomUniformLike': 13}" in out and "parity PASSED" in out
     junit = tmp_path / "junit.xml"
-    env_onnx = {"HOOKWRAP_ONNX": str(tmp_path / "seed.onnx")}
-    os.environ.update(env_onnx)
-    try:
-        run_example("ci_parity_test.py", tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    str(ROOT / "examples" / "ci_parity_test.py"), f"--junitxml={junit}")
-    finally:
-        for key in env_onnx:
-            os.environ.pop(key)
+    # copied into another repository, as its docstring says: no examples package, no repository on sys.path
+    copy = tmp_path / "deploy" / "test_parity.py"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "examples" / "ci_parity_test.py").read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CI")}
+    env.update(HOOKWRAP_ONNX=str(tmp_path / "seed.onnx"), HOOKWRAP_REFERENCE=f"{ROOT / 'examples' / 'seed_dropout.py'}:build")
+    pytest_args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy)]
+    proc = subprocess.run([*pytest_args, "-o", "junit_family=xunit1", "-W", "error::pytest.PytestWarning",
+                           f"--junitxml={junit}"], cwd=copy.parent, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    missing = subprocess.run(pytest_args, cwd=copy.parent, capture_output=True, text=True, timeout=300,
+                             env={**env, "HOOKWRAP_ONNX": str(tmp_path / "missing.onnx"), "CI": "true"})
+    assert missing.returncode == 1 and "missing.onnx not found" in missing.stdout, missing.stdout[-3000:]
     case = ET.parse(junit).getroot().find("testsuite/testcase")
     assert case is not None and case.find("failure") is None and case.find("skipped") is None
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
@@ -58,8 +63,10 @@ def test_custom_converter_example(tmp_path):
 def test_the_ci_examples_gate_without_torch(tmp_path):
     """examples/ci: both CI files record in the training image and gate with the same command,
     in an image whose requirements hold no torch; that command runs with torch unimportable."""
+    import re
     import shlex
     import textwrap
+    import tomllib
 
     import torch
     import yaml
@@ -67,14 +74,30 @@ def test_the_ci_examples_gate_without_torch(tmp_path):
     import hookwrap as hw
 
     folder = ROOT / "examples" / "ci"
-    requirements = (folder / "requirements-gate.txt").read_text().lower()
-    assert "onnxruntime" in requirements and "torch" not in requirements.replace("no torch", "")
     github = yaml.safe_load((folder / "github-actions.yml").read_text())
     gitlab = yaml.safe_load((folder / "gitlab-ci.yml").read_text())
-    gh_gate = [s["run"] for s in github["jobs"]["gate"]["steps"] if "hookwrap check" in s.get("run", "")]
-    gl_gate = [c for c in gitlab["gate"]["script"] if "hookwrap check" in c]
+    gh = {job: [s.get("run", "") for s in github["jobs"][job]["steps"]] for job in ("record", "gate")}
+    gl = {job: list(gitlab[job]["script"]) for job in ("record", "gate")}
+    for recipe in (gh, gl):
+        commands = [c for job in recipe.values() for c in job]
+        # hookwrap never comes from an index by name: one wheel, built in record, installed in both jobs
+        assert not [c for c in commands if re.search(r"pip install (-\S+ )*[\"']?hookwrap\b", c)], commands
+        assert any("pip wheel --no-deps -w dist" in c for c in recipe["record"])
+        assert any("pip install dist/hookwrap-*.whl" in c and "[torch]" not in c and "pip check" in c
+                   for c in recipe["gate"])
+        assert any("--onnx model.onnx" in c for c in recipe["record"] if "hookwrap record" in c)
+        # every file the gate reads is made by the record job and handed over
+        made = " ".join(recipe["record"])
+        assert "-o model.onnx" in made and "-o golden.npz" in made
+    assert "dist/" in github["jobs"]["record"]["steps"][-1]["with"]["path"] and "dist/" in gitlab["record"]["artifacts"]["paths"]
+    gh_gate = [c for c in gh["gate"] if "hookwrap check" in c]
+    gl_gate = [c for c in gl["gate"] if "hookwrap check" in c]
     assert gh_gate == gl_gate and len(gh_gate) == 1 and "--golden" in gh_gate[0]
-    assert any("hookwrap record" in s.get("run", "") for s in github["jobs"]["record"]["steps"])
+    # the gate's plain install (the wheel without extras) holds no torch
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in deps["dependencies"] if re.match(r"(torch|torchvision|onnxscript)\b", d)]
+    assert {re.match(r"[\w-]+", d).group() for d in deps["optional-dependencies"]["torch"]} == {
+        "torch", "torchvision", "onnxscript"}
     from helpers import small_cnn
 
     model = small_cnn()

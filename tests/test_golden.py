@@ -233,3 +233,169 @@ def test_hostile_golden_files_are_one_line_errors(exports, tmp_path, make):
     proc = gate("check", str(folder / "good.onnx"), "--golden", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("hookwrap: error:") and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# The gate checks the interface it was recorded against (issue 26)
+# ----------------------------------------------------------------------------------------
+
+
+def renamed(src: Path, dst: Path, *, input: str | None = None, output: str | None = None) -> Path:  # noqa: A002
+    """A copy of an ONNX file with its first input and/or output renamed (everything else equal)."""
+    import onnx
+
+    model = onnx.load(src)
+    graph = model.graph
+    for value, new in ((graph.input[0], input), (graph.output[0], output)):
+        if new is None:
+            continue
+        old = value.name
+        value.name = new
+        for node in graph.node:
+            node.input[:] = [new if n == old else n for n in node.input]
+            node.output[:] = [new if n == old else n for n in node.output]
+    onnx.save(model, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bound(tmp_path_factory):
+    """A dynamic-batch export, a golden file recorded against it, and a static-batch export."""
+    folder = tmp_path_factory.mktemp("bound")
+    x = torch.randn(2, 3, 10, 10)
+    model = hooked_cnn()
+    hw.export_onnx(model, (x,), folder / "dyn.onnx", dynamic_batch=True)
+    hw.export_onnx(model, (x,), folder / "static.onnx")
+    meta = hw.record(model, (x,), folder / "g.npz", onnx=folder / "dyn.onnx")
+    return folder, model, x, meta
+
+
+def test_a_golden_file_binds_the_interface_and_the_live_check_s_inputs(bound):
+    folder, model, x, meta = bound
+    names = [i["name"] for i in meta["interface"]["inputs"]]
+    assert meta["interface"]["inputs"][0]["shape"][0] is None and names == meta["input_names"]
+    assert [s.startswith("random") for s in meta["sources"]].count(True) == 3
+    live = hw.check_parity(model, folder / "dyn.onnx", (x,))
+    golden = hw.check_parity(folder / "g.npz", folder / "dyn.onnx")
+    assert live and golden
+    assert golden.inputs == live.inputs  # the last set at another batch size, as the live check makes it
+    assert len({tuple(s["shapes"][0]) for s in golden.inputs}) == 2
+    assert [c.max_abs_diff for c in golden.checks] == [c.max_abs_diff for c in live.checks]
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"input": "images"}, "input names ['images'] against the recorded [{input!r}] (missing [{input!r}]; added ['images'])"),
+    ({"output": "logits"}, "output names ['logits'] against the recorded [{output!r}]"),
+])
+def test_the_gate_fails_a_renamed_input_or_output(bound, tmp_path, change, expect):
+    folder, _, _, meta = bound
+    expect = expect.format(input=meta["interface"]["inputs"][0]["name"], output=meta["interface"]["outputs"][0]["name"])
+    other = renamed(folder / "dyn.onnx", tmp_path / "renamed.onnx", **change)
+    report = hw.check_parity(folder / "g.npz", other)
+    assert not report and report.checks[0].output == "<interface>" and expect in report.checks[0].message
+    proc = gate("check", str(other), "--golden", str(folder / "g.npz"), cwd=tmp_path)
+    assert proc.returncode == 1 and "interface" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_golden_file_without_a_bound_interface_still_compares_input_names(tmp_path):
+    x = torch.randn(2, 3, 10, 10)
+    model = hooked_cnn()
+    hw.export_onnx(model, (x,), tmp_path / "m.onnx")
+    hw.record(model, (x,), tmp_path / "g.npz")
+    assert hw.check_parity(tmp_path / "g.npz", tmp_path / "m.onnx")
+    report = hw.check_parity(tmp_path / "g.npz", renamed(tmp_path / "m.onnx", tmp_path / "r.onnx", input="images"))
+    assert not report and "input names ['images'] against the recorded ['input']" in report.checks[0].message
+
+
+def test_the_gate_fails_a_static_batch_export_against_a_dynamic_recording(bound, tmp_path):
+    folder, *_ = bound
+    proc = gate("check", str(folder / "static.onnx"), "--golden", str(folder / "g.npz"), "--json", "r.json",
+                "--junit", "r.xml", cwd=tmp_path)
+    # the golden sets at another batch size do not fit a static export: the check cannot run (exit 2),
+    # and its reports say why
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["passed"] is False and "input set 3" in data["error"]
+    import xml.etree.ElementTree as ET
+
+    error = ET.parse(tmp_path / "r.xml").getroot().find("testsuite/testcase/error")
+    assert error is not None and "input set 3" in error.get("message")
+
+
+def test_a_dynamic_axis_made_fixed_is_named():
+    from hookwrap.parity_inputs import interface_differences
+
+    recorded = {"inputs": [{"name": "x", "type": "tensor(float)", "shape": [None, 3]}],
+                "outputs": [{"name": "y", "type": "tensor(float)", "shape": [None, 5]}]}
+    fixed = {"inputs": [{"name": "x", "type": "tensor(float)", "shape": [1, 3]}],
+             "outputs": [{"name": "y", "type": "tensor(float16)", "shape": [1, 5]}]}
+    found = interface_differences(recorded, fixed)
+    assert found == ["axis 0 of input 'x' was dynamic and is fixed at 1 (an export without the dynamic axis)",
+                     "output 'y' is tensor(float16), recorded tensor(float)"]
+    assert interface_differences(recorded, recorded) == []
+
+
+def test_a_looser_tolerance_needs_override_tolerance(bound, tmp_path):
+    folder, *_ = bound
+    with pytest.raises(hw.InvalidArgumentError, match="looser than the golden file's"):
+        hw.check_parity(folder / "g.npz", folder / "dyn.onnx", atol=1.0)
+    assert hw.check_parity(folder / "g.npz", folder / "dyn.onnx", atol=1e-6)  # stricter is always allowed
+    refused = gate("check", "dyn.onnx", "--golden", "g.npz", "--atol", "1", cwd=folder)
+    assert refused.returncode == 2 and "--override-tolerance" in refused.stderr
+    allowed = gate("check", "dyn.onnx", "--golden", "g.npz", "--atol", "1", "--override-tolerance",
+                   "--json", str(tmp_path / "r.json"), cwd=folder)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["tolerance_override"] is True
+
+
+def test_reports_are_written_when_the_check_cannot_run(exports, tmp_path):
+    folder, *_ = exports
+    proc = gate("check", str(folder / "good.onnx"), "--golden", str(folder / "mc_golden.npz"), "--samples", "64",
+                "--json", "r.json", "--junit", "r.xml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "record it again" in json.loads((tmp_path / "r.json").read_text())["error"]
+    assert (tmp_path / "r.xml").read_text().count("<error") == 1
+
+
+def test_the_fixture_takes_strict(tmp_path):
+    model = hooked_cnn()
+    with torch.no_grad():
+        model[5].weight.mul_(1e-7)  # outputs so small that the check is vacuous: a warning
+        model[5].bias.zero_()
+    x = torch.randn(2, 3, 10, 10)
+    hw.export_onnx(model, (x,), tmp_path / "m.onnx")
+    hw.record(model, (x,), tmp_path / "g.npz")
+    (tmp_path / "test_gate.py").write_text(textwrap.dedent("""
+        import pytest
+
+        def test_lenient(hookwrap_parity):
+            assert hookwrap_parity("g.npz", "m.onnx").warnings
+
+        def test_strict(hookwrap_parity):
+            with pytest.raises(pytest.fail.Exception, match="vacuous check"):
+                hookwrap_parity("g.npz", "m.onnx", strict=True)
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gate.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_command_that_needs_torch_says_how_to_install_it(tmp_path):
+    """Where torch is not installed (ModuleNotFoundError, as pip leaves it), export and the
+    live check name the extra to install, in one line, exit 2."""
+    absent = textwrap.dedent("""
+        import sys
+        class Absent:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'torchvision'):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Absent())
+        from hookwrap.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    (tmp_path / "factories.py").write_text("import torch\ndef build():\n    return None\n")
+    for args in (["export", "factories.py:build", "-o", "m.onnx"], ["inspect", "factories.py:build"]):
+        proc = subprocess.run([sys.executable, "-c", absent, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"hookwrap {args[0]} needs torch" in proc.stderr and "pip install 'hookwrap[torch]'" in proc.stderr

@@ -367,7 +367,7 @@ def test_per_output_tolerances_in_golden_files(tmp_path):
     report = hw.check_parity(tmp_path / "g.npz", tmp_path / "two.onnx")
     assert report, report.summary()
     assert {c.output: c.atol for c in report.checks if c.input == 0} == {logits: 1e-5, features: 0.1}
-    assert not hw.check_parity(tmp_path / "g.npz", tmp_path / "two.onnx", atol=1e-4)  # an explicit one wins
+    assert not hw.check_parity(tmp_path / "g.npz", tmp_path / "two.onnx", atol=1e-5)  # an explicit, stricter one wins
 
 
 def test_per_output_tolerances_on_the_command_line(tmp_path):
@@ -384,7 +384,9 @@ def test_per_output_tolerances_on_the_command_line(tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
     assert check().returncode == 1
-    passed = check("--atol", f"{features}=0.1", "--atol", "1e-5")
+    loosened = check("--atol", f"{features}=0.1", "--atol", "1e-5")
+    assert loosened.returncode == 2 and "--override-tolerance" in loosened.stderr
+    passed = check("--atol", f"{features}=0.1", "--atol", "1e-5", "--override-tolerance")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["atol"] == 1e-5 and data["atol_per_output"] == {features: 0.1}
@@ -410,7 +412,7 @@ def test_per_output_tolerances_in_the_pytest_fixture(tmp_path):
                 hookwrap_parity("g.npz", "two.onnx")
 
         def test_loose_on_the_feature_head(hookwrap_parity):
-            report = hookwrap_parity("g.npz", "two.onnx", atol={{{features!r}: 0.1}})
+            report = hookwrap_parity("g.npz", "two.onnx", atol={{{features!r}: 0.1}}, override_tolerance=True)
             assert report.atol_per_output == {{{features!r}: 0.1}}
     """))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gate.py"],
