@@ -39,7 +39,7 @@ from ._defaults import DEFAULT_ALPHA, DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLE
 __all__ = ["Measures", "Comparison", "Evidence", "compare_exact", "compare_statistical", "statistical_evidence",
            "compare_pooled", "compare_statistical_verdict", "STAT_NAMES", "POOLED_STATS", "DEFAULT_ALPHA", "DEFAULT_SAMPLES", "DEFAULT_ATOL",
            "DEFAULT_RTOL", "Tolerances", "tolerances", "parse_tolerance", "SEEDING", "onnxruntime_seed",
-           "anchor_count", "MAX_SAMPLES"]
+           "anchor_count", "MAX_SAMPLES", "check_draw_options", "TOLERANCE_DEFAULTS"]
 
 KS_STATS = ("rms_distance", "mean_offset", "projection")  # distribution tests (Kolmogorov-Smirnov)
 MOMENT_STATS = ("centre_mean", "offset_mean", "spread_mean", "element_means")  # mean tests (Welch t)
@@ -72,6 +72,25 @@ def onnxruntime_seed(seed: int) -> int:
     from it, so that the draws of both sides are fixed by ``seed`` alone."""
     digest = hashlib.sha256(f"hookwrap-onnxruntime-draws:{seed}".encode()).digest()
     return int.from_bytes(digest[:7], "big")
+
+
+TOLERANCE_DEFAULTS = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
+
+
+def check_draw_options(samples: Any, seed: Any) -> None:
+    """Validate ``samples`` (None, or 4 to :data:`MAX_SAMPLES`) and ``seed`` (0 to 2**63 - 1)
+    for ``check_parity`` and ``record`` alike, before any work.
+
+    Raises:
+        InvalidArgumentError: either is out of range or not an integer.
+    """
+    from .errors import InvalidArgumentError
+
+    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)
+                                or not 4 <= samples <= MAX_SAMPLES):
+        raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {samples!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
 def anchor_count(k: int) -> int:
@@ -147,7 +166,7 @@ def parse_tolerance(items: list[str] | None, name: str) -> Tolerances | None:
             mapping[key] = float(number)
         except ValueError:
             raise InvalidArgumentError(f"--{name} takes a number or output=number, got {item!r}") from None
-    return tolerances(mapping, name, DEFAULT_ATOL if name == "atol" else DEFAULT_RTOL)
+    return tolerances(mapping, name, TOLERANCE_DEFAULTS[name])
 
 
 @dataclass(frozen=True, kw_only=True)

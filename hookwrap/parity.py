@@ -38,14 +38,15 @@ from .compare import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
     DEFAULT_SAMPLES,
-    MAX_SAMPLES,
     POOLED_STATS,
     SEEDING,
     STAT_NAMES,
+    TOLERANCE_DEFAULTS,
     Comparison,
     Evidence,
     Tolerances,
     anchor_count,
+    check_draw_options,
     compare_exact,
     compare_pooled,
     compare_statistical_verdict,
@@ -87,11 +88,7 @@ class _Options:
     alpha: float
 
     def __post_init__(self) -> None:
-        if self.samples is not None and (not isinstance(self.samples, int) or isinstance(self.samples, bool)
-                                         or not 4 <= self.samples <= MAX_SAMPLES):
-            raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {self.samples!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        check_draw_options(self.samples, self.seed)
         if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and 0 < self.alpha < 1):
             raise InvalidArgumentError(f"alpha must be in (0, 1), got {self.alpha!r}")
 
@@ -223,7 +220,7 @@ def _looser(recorded: dict[str, Any], options: _Options, out_names: list[str]) -
     """What a given tolerance loosens against a golden file's, or None."""
     for name in ("atol", "rtol"):
         mine = getattr(options, name)
-        theirs = tolerances(recorded.get(name), name, DEFAULT_ATOL if name == "atol" else DEFAULT_RTOL)
+        theirs = tolerances(recorded.get(name), name, TOLERANCE_DEFAULTS[name])
         for out in out_names:
             if mine.of(out) > theirs.of(out):
                 return f"{name} {mine.of(out):g} for output {out!r} is looser than the golden file's {theirs.of(out):g}"

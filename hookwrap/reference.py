@@ -202,8 +202,10 @@ class ModelSide:
         draw, each with its own seed. ``draw_mode`` says which ran."""
         base = (self.seed + 1) * 1_000_003 + index * 10_007
         arrays = self.inputs.sets[index]
-        like = self.first if index == 0 else self.ref.outputs(arrays, base)
-        batched = self.ref.batched_outputs(arrays, base, k + n_anchor, like) if self.draw_mode != "loop" else None
+        batched = None
+        if self.draw_mode != "loop":  # vmap's outputs are checked against a plain call's
+            like = self.first if index == 0 else self.ref.outputs(arrays, base)
+            batched = self.ref.batched_outputs(arrays, base, k + n_anchor, like)
         if batched is not None:
             self.draw_mode = "vmap"
             return batched[:k], batched[k:]
@@ -263,16 +265,12 @@ def record_arrays(model: Any, inputs: Any, *, samples: int | None, seed: int, ra
     runs, with the same seeds, that ``check_parity`` makes of the model itself. ``atol``
     and ``rtol`` are JSON values (a number, or ``{"*": default, output: value}``); ``bound``
     is the signature and interface of the ONNX export the file is recorded against."""
-    from .compare import DEFAULT_SAMPLES, MAX_SAMPLES, SEEDING, anchor_count
+    from .compare import DEFAULT_SAMPLES, SEEDING, anchor_count, check_draw_options
     from .inventory import list_hooks
 
-    if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool)
-                                or not 4 <= samples <= MAX_SAMPLES):
-        raise InvalidArgumentError(f"samples must be an integer from 4 to {MAX_SAMPLES}, got {samples!r}")
+    check_draw_options(samples, seed)
     sig = bound[0] if bound is not None else _recording_signature(model, inputs)
     side = model_side(model, inputs, sig, seed=seed, random_inputs=random_inputs, weights=None)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise InvalidArgumentError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     k = samples or DEFAULT_SAMPLES
     arrays: dict[str, np.ndarray] = {}
     n_out = 0

@@ -399,3 +399,10 @@ def test_a_command_that_needs_torch_says_how_to_install_it(tmp_path):
                               timeout=300)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert f"hookwrap {args[0]} needs torch" in proc.stderr and "pip install 'hookwrap[torch]'" in proc.stderr
+
+
+@pytest.mark.parametrize("options", [{"seed": -1}, {"seed": 2**63}, {"samples": 3}, {"samples": True}])
+def test_record_refuses_bad_draw_options_before_any_work(tmp_path, options):
+    with pytest.raises(hw.InvalidArgumentError, match="seed|samples"):
+        hw.record(hooked_cnn(), (torch.randn(2, 3, 10, 10),), tmp_path / "g.npz", **options)
+    assert not (tmp_path / "g.npz").exists()
