@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,dev]'
 	# steering-vectors pins transformers<5; it runs with ours, so it goes in without its dependencies
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt steering-vectors
+	# the wheels of the torch-free gate (hookwrap's plain dependencies), so that a test installs
+	# the gate in a fresh venv with no network (tests/test_examples.py)
+	$(PY) -m pip download --quiet --disable-pip-version-check -c constraints.txt -d $(VENV)/gate-wheels . 2>/dev/null
 	@touch $(STAMP)
 
 # The seed article through the command line: inventory, conversion report, files, parity.

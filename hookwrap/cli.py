@@ -53,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list every hook on a model and what convert would do")
     p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
-    p.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    _json_option(p, "the inventory")
 
     p = sub.add_parser("convert", help="convert hooks to modules and save one .safetensors file")
     p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _json_option(p, "a summary")
 
     p = sub.add_parser("export", help="convert, export to ONNX and optionally check parity")
     p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo",
                    help="torch.onnx.export(dynamo=True) (default) or the legacy TorchScript exporter")
     p.add_argument("--check", action="store_true", help="check parity with onnxruntime; exit 1 if it fails")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _json_option(p, "a summary (with the parity report under --check)")
 
     p = sub.add_parser("check", help="check that an ONNX file computes what the hooked model computes")
     p.add_argument("onnx", metavar="M.onnx", help="the ONNX file to check")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                f"the golden file's)")
     p.add_argument("--seed", type=int, help="fixes the random inputs and every draw of both sides: the same seed "
                                             "gives the same report (default 0, or the golden file's)")
-    p.add_argument("--json", metavar="PATH", help="write the JSON report here (also when the check cannot run)")
+    _json_option(p, "the parity report (also when the check cannot run)")
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report here (also when the check cannot run)")
     p.add_argument("--override-tolerance", action="store_true",
                    help="with --golden: allow --atol/--rtol looser than the golden file's (the report says so)")
@@ -101,14 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="M.onnx", help="the export the gate will check: the golden file binds its "
                                                     "interface (names, types, ranks, dynamic axes) and gets its "
                                                     "input sets as the live check makes them")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _json_option(p, "a summary")
 
     p = sub.add_parser("verify", help="check a .safetensors file's tensors against their recorded digests")
     p.add_argument("file", metavar="FILE.safetensors", help="the .safetensors file hookwrap saved")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _json_option(p, "the result")
     for command in _subcommands(parser).values():  # --debug works after the subcommand too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
+
+
+def _json_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", metavar="PATH", help=f"write {what} as JSON to PATH; '-' prints it to stdout "
+                                                 f"instead of the tables")
+
+
+def _emit_json(args: argparse.Namespace, text: str) -> None:
+    """``--json PATH`` writes the file (atomically); ``--json -`` prints to stdout."""
+    if args.json == "-":
+        print(text)
+    else:
+        from ._fs import atomic_write_text
+
+        _output_folder(args.json)
+        atomic_write_text(args.json, text + "\n")
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """``--json -``: stdout holds the JSON alone."""
+    return bool(args.json == "-")
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -268,12 +289,15 @@ def _show_report(console: Any, report: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.spec.endswith((".safetensors", ".npz")) and ":" not in Path(args.spec).name:
+        return _inspect_file(args)
     import hookwrap as hw
 
     model, example = load_spec(args.spec)
     inv = hw.inventory(model, example)
     if args.json:
-        print(inv.to_json())
+        _emit_json(args, inv.to_json())
+    if _quiet(args):
         return EXIT_OK
     console = _console()
     title = f"{len(inv)} hook(s) on {inv.model_name}"
@@ -281,6 +305,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         console.print(_table(title, inv.rows()))
     else:
         console.print(title)
+    return EXIT_OK
+
+
+def _inspect_file(args: argparse.Namespace) -> int:
+    """``inspect FILE.safetensors`` (its manifest) or ``inspect G.npz`` (a golden file's
+    metadata): read and checked without torch, nothing built."""
+    if args.spec.endswith(".npz"):
+        from .golden import read_meta
+
+        data = read_meta(args.spec)
+        rows = [["", ""]] + [[k, str(data[k])[:200]] for k in ("stochastic", "sets", "inputs", "outputs", "samples",
+                                                                 "atol", "rtol", "seed", "torch_version") if k in data]
+        title = f"golden file {args.spec}"
+    else:
+        from . import _file
+
+        data = _file.read_manifest(args.spec)
+        actions = [a for part in ("converted", "baked", "stripped", "kept") for a in data.get(part, [])]
+        rows = [["module", "hook", "action", "detail"]] + [
+            [a["path"] or "<root>", f"{a['kind']} {a['name']}", a["action"], a["detail"] or ""] for a in actions]
+        wrappers = sum(len(e["pre"]) + len(e["post"]) for e in data["wrappers"].values())
+        title = (f"{args.spec}: {data.get('model')}, {len(data['tensors'])} tensors, {wrappers} wrapper(s), "
+                 f"hookwrap {data.get('hookwrap_version')}, torch {data.get('torch_version')}")
+    if args.json:
+        _emit_json(args, json.dumps(data, indent=2))
+    if _quiet(args):
+        return EXIT_OK
+    console = _console()
+    console.print(_table(title, rows) if len(rows) > 1 else title)
     return EXIT_OK
 
 
@@ -298,14 +351,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     console = _console()
     model, example = load_spec(args.spec)
     _output_folder(args.output)
-    with _status(console, "converting hooks", args.json):
+    with _status(console, "converting hooks", _quiet(args)):
         converted = hw.convert(model, example)
-    with _status(console, f"saving {output}", args.json):
+    with _status(console, f"saving {output}", _quiet(args)):
         hw.save(converted, output)
     report = hw.conversion_report(converted)
     if args.json:
-        print(json.dumps({"output": str(output), "bytes": output.stat().st_size,
-                          "report": report.to_dict() if report else None}, indent=2))
+        _emit_json(args, json.dumps({"output": str(output), "bytes": output.stat().st_size,
+                                     "report": report.to_dict() if report else None}, indent=2))
+    if _quiet(args):
         return EXIT_OK
     if report and len(report):
         console.print(_table(report.summary(), report.rows()))
@@ -326,18 +380,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .io import load_weights
 
         load_weights(model, args.weights)
-    with _status(console, f"converting and exporting with the {args.exporter} exporter", args.json):
+    with _status(console, f"converting and exporting with the {args.exporter} exporter", _quiet(args)):
         result = hw.export_onnx(model, example, args.output, dynamic_batch=args.dynamic_batch,
                                 opset=args.opset, exporter=args.exporter)
     report = None
     if args.check:
-        report = _parity(console, model, args.output, example, args.json)
+        report = _parity(console, model, args.output, example, _quiet(args))
     if args.json:
         data = result.to_dict()
         if report is not None:
             data["parity"] = report.to_dict()
-        print(json.dumps(data, indent=2))
-    else:
+        _emit_json(args, json.dumps(data, indent=2))
+    if not _quiet(args):
         if result.report and len(result.report):
             console.print(_table("conversion report", result.report.rows()))
         rows = [["opset", str(result.opset)], ["nodes", str(result.nodes)],
@@ -364,31 +418,41 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError("--plot needs --bisect")
     model, inputs = _check_subject(args)
     for path in (args.json, args.junit, args.plot):
-        if path:
+        if path and path != "-":
             _output_folder(path)
-    report = _parity(console, model, args.onnx, inputs, False, samples=args.samples, seed=args.seed,
+    report = _parity(console, model, args.onnx, inputs, _quiet(args), samples=args.samples, seed=args.seed,
                      weights=args.weights, override_tolerance=args.override_tolerance, **_tolerances(args))
     if args.bisect and not report:
         try:
-            with _status(console, "bisecting: comparing every module's output", False):
+            with _status(console, "bisecting: comparing every module's output", _quiet(args)):
                 report.bisect = hw.bisect(model, args.onnx, inputs, atol=report.atol, rtol=report.rtol)
         except hw.HookwrapError as exc:
             report.notes.append(f"bisect not run: {_one_line(exc)}")
         if args.plot and report.bisect is not None:
             report.bisect.plot(args.plot)
     if args.json:
-        report.to_json(args.json)
+        _emit_json(args, report.to_json())
     if args.junit:
         report.to_junit(args.junit)
+    if _quiet(args):
+        return _verdict(args, report, None)
     _show_report(console, report)
     if report.bisect is not None:
         console.print(_table("bisect: error per module", report.bisect.rows()))
         console.print(report.bisect.summary())
     for path in (args.json, args.junit, args.plot):
-        if path and Path(path).exists():
+        if path and path != "-" and Path(path).exists():
             console.print(f"wrote {path}")
+    return _verdict(args, report, console)
+
+
+def _verdict(args: argparse.Namespace, report: Any, console: Any) -> int:
     if args.strict and report.warnings:
-        console.print(f"[bold red]--strict: {len(report.warnings)} warning(s) make this check fail[/bold red]")
+        message = f"--strict: {len(report.warnings)} warning(s) make this check fail"
+        if console is None:
+            sys.stderr.write(f"hookwrap: {message}\n")
+        else:
+            console.print(f"[bold red]{message}[/bold red]")
         return EXIT_FAILED
     return EXIT_OK if report else EXIT_FAILED
 
@@ -410,13 +474,15 @@ def cmd_record(args: argparse.Namespace) -> int:
     model, example = load_spec(args.spec)
     inputs = args.inputs or _need_example(example, args.spec, "record without --inputs")
     _output_folder(args.output)
-    with _status(console, "recording the reference", args.json):
+    with _status(console, "recording the reference", _quiet(args)):
         meta = hw.record(model, inputs, args.output, samples=args.samples, seed=args.seed, onnx=args.onnx,
                          **_tolerances(args))
     size = Path(args.output).stat().st_size
     summary = {k: meta[k] for k in ("stochastic", "sets", "inputs", "outputs", "samples", "atol", "rtol")}
     if args.json:
-        print(json.dumps({"output": args.output, "bytes": size, **summary, "warnings": meta["warnings"]}, indent=2))
+        _emit_json(args, json.dumps({"output": args.output, "bytes": size, **summary, "warnings": meta["warnings"]},
+                                    indent=2))
+    if _quiet(args):
         return EXIT_OK
     console.print(_table(f"recorded {args.output}", [["", ""]] + [[k, str(v)] for k, v in summary.items()]))
     for warning in meta["warnings"]:
@@ -426,20 +492,30 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 if the file is intact, 1 if it was changed or is damaged, 2 for bad input."""
-    import hookwrap as hw
+    """Exit 0 if the file is intact, 1 if it was changed or is damaged, 2 for bad input.
+    Without torch (the gate's plain install) the header and every digest are checked, and
+    the wrapper types are left to ``load``, which always checks them."""
+    from . import _file
+    from .errors import ManifestError
 
+    check: Any = None
     try:
-        result = hw.verify(args.file)
-    except hw.ManifestError as exc:
+        from .io import check_wrapper_specs as check
+    except ModuleNotFoundError as exc:
+        if _missing_extra(exc) is None:
+            raise
+    try:
+        result = _file.verify(args.file, check)
+    except ManifestError as exc:
         if args.json:
-            print(json.dumps({"path": args.file, "intact": False, "key": exc.key, "error": _one_line(exc)}, indent=2))
-        else:
+            _emit_json(args, json.dumps({"path": args.file, "intact": False, "key": exc.key,
+                                         "error": _one_line(exc)}, indent=2))
+        if not _quiet(args):
             sys.stderr.write(f"hookwrap: CHANGED: {_one_line(exc)}\n")
         return EXIT_FAILED
     if args.json:
-        print(result.to_json())
-    else:
+        _emit_json(args, result.to_json())
+    if not _quiet(args):
         print(result.summary())
     return EXIT_OK
 
@@ -468,10 +544,13 @@ def _error_reports(args: argparse.Namespace, detail: str) -> None:
     """With --json/--junit, ``check`` writes its reports on exit 2 too, naming the cause."""
     if args.command != "check" or not (args.json or args.junit):
         return
-    from .parity_report import write_error_reports
+    from .parity_report import error_report, write_error_reports
 
     try:
-        write_error_reports(detail, onnx=args.onnx, json_path=args.json, junit_path=args.junit)
+        if args.json == "-":
+            print(json.dumps(error_report(detail, args.onnx), indent=2))
+        write_error_reports(detail, onnx=args.onnx, json_path=None if args.json == "-" else args.json,
+                            junit_path=args.junit)
     except Exception as exc:  # the error itself is what the user must see; say why no report too
         sys.stderr.write(f"hookwrap: could not write the error report: {_one_line(exc)}\n")
 

@@ -214,17 +214,31 @@ class GoldenSide:
         return draws, anchor
 
 
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A golden file's metadata (format, counts, tolerances, interface, inventory), checked;
+    no array is read.
+
+    Raises:
+        ManifestError: the file is not a golden file, or is damaged.
+
+    Example:
+        >>> read_meta("golden.npz")["stochastic"]
+        True
+    """
+    from ._npz import open_npz
+
+    with open_npz(path, what="golden file", error=ManifestError) as npz:
+        return _read_meta(npz, Path(path).name)
+
+
 def recorded_seed(path: str | os.PathLike[str]) -> int:
     """The seed a golden file was recorded with (its metadata only is read).
 
     Raises:
         ManifestError: the file is not a golden file, or is damaged.
     """
-    from ._npz import open_npz
-
     name = Path(path).name
-    with open_npz(path, what="golden file", error=ManifestError) as npz:
-        seed = _read_meta(npz, name)["seed"]
+    seed = read_meta(path)["seed"]
     if not 0 <= seed < 2**63:
         raise ManifestError(f"{name}: golden field 'seed' is out of range", key="seed")
     return int(seed)

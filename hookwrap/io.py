@@ -38,7 +38,7 @@ A wrapper ``type`` is looked up in hookwrap's registry (and converters registere
 the running process); nothing named by a file is ever imported or executed.
 
 Limits (a file over them is refused before anything is built): header
-:data:`MAX_HEADER` bytes, :data:`MAX_WRAPPERS` wrappers in all (``Chain`` items
+:data:`hookwrap._file.MAX_HEADER` bytes, :data:`hookwrap._file.MAX_WRAPPERS` wrappers in all (``Chain`` items
 included), ``Chain`` nesting :data:`hookwrap.wrappers.MAX_CHAIN_DEPTH`, captured graphs
 :data:`hookwrap._graph.MAX_NODES` nodes, tree specs :data:`hookwrap._tree.MAX_DEPTH`
 levels.
@@ -47,25 +47,37 @@ levels.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import mmap
 import os
-import re
-import struct
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
+from . import _file
 from . import wrappers as W
-from ._fs import atomic_path, fd_path, file_errors, open_regular
+from ._file import (
+    DIGEST_ALGORITHM,
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    MARKER_KEY,
+    MAX_WRAPPERS,
+    RESERVED_PREFIX,
+    Header,
+    VerifyResult,
+    bytes_digest,
+    manifest_digest,
+    opened,
+    require_digests,
+)
+from ._fs import atomic_path, fd_path, file_errors
 from ._graph_check import budget_for
 from ._txn import transaction
 from ._version import __version__
@@ -75,19 +87,6 @@ from .report import Action, ConversionReport, attach_report, conversion_report
 
 __all__ = ["save", "load", "load_weights", "read_manifest", "verify", "VerifyResult", "manifest_digest",
            "tensor_digest", "FORMAT_VERSION", "MANIFEST_KEY"]
-
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-MANIFEST_KEY = "hookwrap"
-MARKER_KEY = "hookwrap.format"
-DIGEST_KEY = "hookwrap.digest"
-DIGEST_ALGORITHM = "blake3"
-RESERVED_PREFIX = "__hookwrap__."
-MAX_HEADER = 100 * 1024 * 1024
-MAX_WRAPPERS = 100_000
-# A module path as torch.nn.Module.add_module allows its parts: any non-empty name without
-# a dot (torchvision's RegNet has "block1-0"); control characters are refused.
-_PATH = re.compile(r"^(?:[^.\x00-\x1f\x7f]+(?:\.[^.\x00-\x1f\x7f]+)*)?$")
 
 _DTYPES = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
@@ -100,11 +99,6 @@ _DTYPES = {
 _DTYPE_NAMES = {dtype: name for name, (dtype, _) in _DTYPES.items() if dtype is not None}
 
 
-def manifest_digest(text: str) -> str:
-    """The ``hookwrap.digest`` of a manifest text: its sha256, hex."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().reshape(-1)
     if not flat.is_contiguous():  # pragma: no cover - reshape(-1) of a contiguous tensor is
@@ -112,263 +106,25 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")  # type: ignore[arg-type]
 
 
+def _verify_tensors(header: Header, tensors: dict[str, torch.Tensor], digests: dict[str, str]) -> None:
+    """Hash the tensors as they were mapped for loading (the bytes the model gets)."""
+    for key, tensor in tensors.items():
+        if tensor_digest(tensor) != digests[key]:
+            raise ManifestError(f"{header.name}: tensor {key!r} fails its digest check: its bytes were changed "
+                                f"or corrupted", key=key)
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
     """The BLAKE3 digest (hex) of a contiguous CPU tensor's bytes, as the file stores them."""
-    import blake3
-
-    data = _tensor_bytes(tensor)
-    threads = blake3.blake3.AUTO if data.nbytes >= (8 << 20) else 1
-    return blake3.blake3(data, max_threads=threads).hexdigest()
+    return bytes_digest(_tensor_bytes(tensor))
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
-
-
-def _no_surrogates(value: Any, name: str, key: str) -> None:
-    """Refuse strings that cannot be encoded (lone surrogates from JSON escapes)."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ManifestError(f"{name}: {key} holds text that is not valid Unicode (a lone surrogate)",
-                            key=key) from None
-
-
-def _json(text: str | bytes, name: str, key: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError, UnicodeError) as exc:  # also huge integers, deep nesting
-        pos = getattr(exc, "pos", None)
-        where = f" at byte {pos}" if isinstance(pos, int) else ""
-        raise ManifestError(f"{name}: {key} is not valid JSON{where} ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); the file is corrupt", key=key) from None
-
-
-# --------------------------------------------------------------------------------------
-# Reading and checking the header
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Header:
-    path: Path
-    handle: BinaryIO = field(repr=False)
-    tensors: dict[str, tuple[str, list[int]]]
-    metadata: dict[str, str]
-    manifest: dict[str, Any] | None
-    spans: dict[str, tuple[int, int]] = field(repr=False)  # each tensor's absolute byte range
-    size: int  # the file's size when its header was checked
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-_ENTRY = re.compile(rb'"((?:[^"\\])*)":\{')
-
-
-def _entry_at(raw: bytes, pos: int) -> str | None:
-    """The top-level header entry whose text contains byte ``pos`` (for error messages)."""
-    found = None
-    for match in _ENTRY.finditer(raw, 0, max(pos, 0) + 1):
-        found = match.group(1).decode("utf-8", "replace")
-    return found
-
-
-@contextlib.contextmanager
-def _opened(path: str | os.PathLike[str]) -> Iterator[_Header]:
-    """Open a hookwrap or safetensors file (regular files only), parse and check its header
-    completely before anything is loaded, and keep it open for reading the tensors."""
-    handle = open_regular(path, what="safetensors file")
-    try:
-        try:
-            header = _read_header(Path(path), handle)
-        except HookwrapError:
-            raise
-        except Exception as exc:  # whatever a hostile header provokes, it is a ManifestError
-            raise ManifestError(f"{Path(path).name}: the header cannot be read ({type(exc).__name__}: "
-                                f"{str(exc)[:200]})", key="header") from None
-        yield header
-    finally:
-        handle.close()
-
-
-def _read_header(p: Path, fh: BinaryIO) -> _Header:
-    name = p.name
-    with file_errors(p, "read the safetensors file"):
-        size = os.fstat(fh.fileno()).st_size
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise ManifestError(f"{name}: file is {size} bytes, too short for a safetensors header", key="header")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > MAX_HEADER or 8 + n > size:
-            raise ManifestError(
-                f"{name}: header claims {n} bytes but the file has {size - 8} after the length: "
-                f"the file is truncated or its header is corrupt", key="header")
-        raw = fh.read(n)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        entry = _entry_at(raw, exc.start)
-        where = f" inside entry {entry!r}" if entry else ""
-        raise ManifestError(f"{name}: header is not valid UTF-8 at byte {exc.start}{where}; the file is corrupt",
-                            key=entry or "header") from None
-    try:
-        header = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        pos = getattr(exc, "pos", None) or 0
-        entry = _entry_at(raw, len(text[:pos].encode("utf-8")))
-        where = f" inside entry {entry!r}" if entry else ""
-        raise ManifestError(
-            f"{name}: header is not valid JSON at byte {pos}{where} ({type(exc).__name__}); the file is corrupt",
-            key=entry or "header") from None
-    if not isinstance(header, dict):
-        raise ManifestError(f"{name}: header must be a JSON object", key="header")
-    if _SURROGATE_ESCAPE.search(raw):  # valid UTF-8 cannot hold a surrogate; only an escape can
-        _no_surrogates(header, name, "header")
-    meta = header.pop("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ManifestError(f"{name}: header '__metadata__' must map strings to strings", key="__metadata__")
-    data_len = size - 8 - n
-    spans: list[tuple[int, int, str]] = []
-    tensors: dict[str, tuple[str, list[int]]] = {}
-    for key, entry in header.items():
-        dtype, shape, begin, end = _tensor_entry(name, key, entry)
-        spans.append((begin, end, key))
-        tensors[key] = (dtype, shape)
-    spans.sort()
-    cut = next(((b, e, k) for b, e, k in spans if e > data_len), None)
-    if cut is not None:
-        raise ManifestError(
-            f"{name}: tensor {cut[2]!r} ends at byte {cut[1]} of the data section, which has only {data_len} "
-            f"bytes: the file is truncated", key=cut[2])
-    cursor = 0
-    for begin, end, key in spans:
-        if begin != cursor:
-            raise ManifestError(
-                f"{name}: tensor {key!r} starts at byte {begin}, expected {cursor}: the header is corrupt", key=key)
-        cursor = end
-    if cursor != data_len:
-        raise ManifestError(
-            f"{name}: the data section has {data_len} bytes but the tensors cover {cursor}: "
-            f"the file is truncated or has trailing bytes", key="header")
-    manifest = _parse_manifest(name, meta, tensors)
-    start = 8 + n
-    return _Header(p, fh, tensors, meta, manifest, {k: (start + b, start + e) for b, e, k in spans}, size)
-
-
-def _tensor_entry(name: str, key: str, entry: Any) -> tuple[str, list[int], int, int]:
-    """``(dtype, shape, begin, end)`` of one header entry, every part checked: a known dtype,
-    at most 64 sizes that do not multiply past 2**62 (a size of 0 among them or not: torch
-    computes strides from the others), and a byte range as long as the shape needs."""
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise ManifestError(f"{name}: header entry {key!r} is not a tensor description", key=key)
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _DTYPES:
-        raise ManifestError(f"{name}: tensor {key!r} has unknown dtype {dtype!r}", key=key)
-    if not isinstance(shape, list) or len(shape) > 64 or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in shape):
-        raise ManifestError(f"{name}: tensor {key!r} has a malformed shape {str(shape)[:80]}", key=key)
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise ManifestError(f"{name}: tensor {key!r} has malformed data_offsets {str(offsets)[:80]}", key=key)
-    begin, end = offsets
-    numel, nonzero = 1, 1
-    for s in shape:
-        numel *= s
-        nonzero *= max(s, 1)
-    if nonzero * _DTYPES[dtype][1] >= 2**62:
-        raise ManifestError(f"{name}: tensor {key!r} has a shape {str(shape)[:80]} whose sizes multiply past "
-                            f"2**62", key=key)
-    if not 0 <= begin <= end or end - begin != numel * _DTYPES[dtype][1]:
-        raise ManifestError(
-            f"{name}: tensor {key!r} spans bytes {begin}..{end} but {dtype}{shape} needs "
-            f"{numel * _DTYPES[dtype][1]}", key=key)
-    return dtype, shape, begin, end
-
-
-def _parse_manifest(name: str, meta: dict[str, str], tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any] | None:
-    present = [k for k in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY) if k in meta]
-    if not present:
-        return None
-    if len(present) != 3:
-        missing = next(k for k in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY) if k not in meta)
-        raise ManifestError(f"{name}: metadata key {missing!r} is missing: the hookwrap header is damaged", key=missing)
-    if manifest_digest(meta[MANIFEST_KEY]) != meta[DIGEST_KEY]:
-        raise ManifestError(
-            f"{name}: metadata key 'hookwrap' fails its digest check ('hookwrap.digest'): the manifest "
-            f"was altered or corrupted", key=MANIFEST_KEY)
-    manifest = _json(meta[MANIFEST_KEY], name, "metadata key 'hookwrap'")
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{name}: metadata key 'hookwrap' must hold a JSON object", key=MANIFEST_KEY)
-    version = manifest.get("format_version")
-    if meta[MARKER_KEY] != str(version) or manifest.get("format") != "hookwrap":
-        raise ManifestError(
-            f"{name}: metadata keys 'hookwrap' and 'hookwrap.format' disagree: the header is damaged", key=MARKER_KEY)
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise ManifestError(
-            f"{name}: manifest format_version {str(version)[:20]} is not supported by hookwrap {__version__} "
-            f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); use the hookwrap that wrote the file",
-            key="format_version")
-    for field_name in ("wrappers", "tensors", "aliases"):
-        if not isinstance(manifest.get(field_name), dict):
-            raise ManifestError(f"{name}: manifest field {field_name!r} must be an object", key=field_name)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest["aliases"].items()):
-        raise ManifestError(f"{name}: manifest field 'aliases' must map names to names", key="aliases")
-    user = {k: v for k, v in meta.items() if k not in (MANIFEST_KEY, MARKER_KEY, DIGEST_KEY)}
-    recorded = manifest.get("metadata")
-    if not isinstance(recorded, dict) or recorded != user:
-        recorded = recorded if isinstance(recorded, dict) else {}
-        diff = sorted(set(user) ^ set(recorded) | {k for k in user if k in recorded and user[k] != recorded[k]})
-        raise ManifestError(
-            f"{name}: header metadata {diff} differs from the copy in the manifest: the header is corrupt",
-            key=diff[0] if diff else "metadata")
-    manifest["_actions"] = _actions(name, manifest)
-    table = manifest["tensors"]
-    for key in tensors:
-        if key not in table:
-            lost = sorted(k for k in table if k not in tensors)
-            also = f" (the manifest lists {lost[0]!r}, which the file lacks)" if lost else ""
-            raise ManifestError(f"{name}: tensor {key!r} is in the file but not in its manifest{also}", key=key)
-        want = table[key]
-        if not isinstance(want, list) or want != [tensors[key][0], tensors[key][1]]:
-            raise ManifestError(
-                f"{name}: tensor {key!r} is {tensors[key][0]}{tensors[key][1]} in the header but "
-                f"{str(want)[:80]} in the manifest: the header is corrupt", key=key)
-    for key in table:
-        if key not in tensors:
-            raise ManifestError(f"{name}: tensor {key!r} is listed in the manifest but missing from the file", key=key)
-    manifest["_digests"] = _digests(name, manifest, tensors) if version >= 2 else None
-    _check_wrapper_specs(name, manifest["wrappers"], tensors)
-    return manifest
-
-
-def _digests(name: str, manifest: dict[str, Any], tensors: dict[str, Any]) -> dict[str, str]:
-    section = manifest.get("digests")
-    if not isinstance(section, dict) or set(section) != {"algorithm", "tensors"} \
-            or section["algorithm"] != DIGEST_ALGORITHM or not isinstance(section["tensors"], dict):
-        raise ManifestError(f"{name}: manifest field 'digests' must be {{algorithm: {DIGEST_ALGORITHM!r}, "
-                            f"tensors: {{...}}}}", key="digests")
-    digests = section["tensors"]
-    for key in tensors:
-        value = digests.get(key)
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ManifestError(f"{name}: tensor {key!r} has no valid digest in the manifest", key=key)
-    extra = sorted(set(digests) - set(tensors))
-    if extra:
-        raise ManifestError(f"{name}: the manifest has a digest for {extra[0]!r}, which the file lacks", key=extra[0])
-    return digests
-
-
-def _check_wrapper_specs(name: str, wrappers: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]) -> None:
-    """Check every wrapper entry's shape, the wrapper count, and every tensor a wrapper
-    declares against the file, before anything is built or allocated."""
+def check_wrapper_specs(name: str, wrappers: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """Check every wrapper spec against the registry, the wrapper count, and every tensor a
+    wrapper declares against the file, before anything is built or allocated (the entries'
+    shape is checked by :mod:`hookwrap._file` first)."""
     count = 0
     for path, entry in wrappers.items():
-        if not _PATH.match(path) or len(path) > 1000:
-            raise ManifestError(f"{name}: wrapper entry {path[:80]!r} is not a module path", key=path[:80])
-        if not isinstance(entry, dict) or set(entry) != {"module", "pre", "post"} or not isinstance(entry["module"], str) \
-                or not isinstance(entry["pre"], list) or not isinstance(entry["post"], list):
-            raise ManifestError(f"{name}: wrapper entry for {path!r} is malformed", key=path)
         for side in ("pre", "post"):
             for i, spec in enumerate(entry[side]):
                 where = f"{path}.{W.PRE if side == 'pre' else W.POST}.{i}" if path else f"{W.PRE if side == 'pre' else W.POST}.{i}"
@@ -389,22 +145,10 @@ def _check_wrapper_specs(name: str, wrappers: dict[str, Any], tensors: dict[str,
                             f"holds {have}", key=key)
 
 
-_ACTION_FIELDS = {"path", "kind", "name", "origin", "action", "detail", "wrapper", "position"}
-
-
-def _actions(name: str, manifest: dict[str, Any]) -> list[Action]:
-    actions = []
-    for part in ("converted", "baked", "stripped", "kept"):
-        items = manifest.get(part, [])
-        if not isinstance(items, list):
-            raise ManifestError(f"{name}: manifest field {part!r} must be a list", key=part)
-        for item in items:
-            if (not isinstance(item, dict) or set(item) != _ACTION_FIELDS
-                    or not all(v is None or isinstance(v, str) for v in item.values())
-                    or item["action"] != part):
-                raise ManifestError(f"{name}: manifest field {part!r} holds a malformed entry", key=part)
-            actions.append(Action(**item))
-    return actions
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[Header]:
+    with opened(path, check_wrapper_specs) as header:
+        yield header
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -418,42 +162,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         >>> hw.read_manifest("m.safetensors")["wrappers"]["features.0"]["post"]
         [{'type': 'Dropout2d', 'config': {'p': 0.2, 'always': True}}]
     """
-    with _opened(path) as header:
-        if header.manifest is None:
-            raise ManifestError(
-                f"{header.name}: a plain safetensors file with no hookwrap manifest "
-                f"(hw.load still loads it as weights)", key=MANIFEST_KEY)
-        return {k: v for k, v in header.manifest.items() if not k.startswith("_")}
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """What :func:`verify` checked: every tensor's bytes against its recorded digest."""
-
-    path: str
-    tensors: int
-    bytes: int
-    algorithm: str
-    seconds: float
-
-    def __bool__(self) -> bool:
-        return True
-
-    def summary(self) -> str:
-        return (f"{Path(self.path).name}: intact ({self.tensors} tensors, {self.bytes / 1e6:.1f} MB, "
-                f"{self.algorithm} digests match)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "intact": True, "tensors": self.tensors, "bytes": self.bytes,
-                "algorithm": self.algorithm, "seconds": round(self.seconds, 3)}
-
-    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            from ._fs import atomic_write_text
-
-            atomic_write_text(path, text + "\n")
-        return text
+    return _file.read_manifest(path, check_wrapper_specs)
 
 
 def verify(path: str | os.PathLike[str]) -> VerifyResult:
@@ -474,31 +183,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
         >>> hw.verify("m.safetensors").summary()
         'm.safetensors: intact (32 tensors, 553.4 MB, blake3 digests match)'
     """
-    start = time.perf_counter()
-    with _opened(path) as header:
-        digests = _require_digests(header)
-        tensors = _read_tensors(header, set(header.tensors))
-        total = _verify_tensors(header, tensors, digests)
-    return VerifyResult(str(path), len(tensors), total, DIGEST_ALGORITHM, time.perf_counter() - start)
-
-
-def _require_digests(header: _Header) -> dict[str, str]:
-    digests = (header.manifest or {}).get("_digests")
-    if digests is None:
-        what = "a plain safetensors file" if header.manifest is None else "written before format version 2"
-        raise InvalidArgumentError(f"{header.name}: {what}, with no tensor digests to verify; save it again "
-                                   f"with hw.save to add them")
-    return digests
-
-
-def _verify_tensors(header: _Header, tensors: dict[str, torch.Tensor], digests: dict[str, str]) -> int:
-    total = 0
-    for key, tensor in tensors.items():
-        if tensor_digest(tensor) != digests[key]:
-            raise ManifestError(f"{header.name}: tensor {key!r} fails its digest check: its bytes were changed "
-                                f"or corrupted", key=key)
-        total += tensor.numel() * tensor.element_size()
-    return total
+    return _file.verify(path, check_wrapper_specs)
 
 
 # --------------------------------------------------------------------------------------
@@ -647,7 +332,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         DIGEST_KEY: manifest_digest(text),
     }
     try:  # before a byte is written: every tensor a wrapper declares is in the table
-        _check_wrapper_specs(Path(path).name, wrappers, {k: (v[0], v[1]) for k, v in table.items()})
+        check_wrapper_specs(Path(path).name, wrappers, {k: (v[0], v[1]) for k, v in table.items()})
     except ManifestError as exc:
         raise HookwrapError(f"save would write a file that load refuses: {exc}") from None
     with atomic_path(path) as tmp, file_errors(path, "write the file"):
@@ -698,7 +383,7 @@ def _base_module(base: nn.Module | Callable[[], nn.Module]) -> nn.Module:
 
 
 def _install_from_manifest(model: nn.Module, wrappers: dict[str, Any], name: str, budget: int) -> None:
-    """Build every wrapper the manifest names (already checked by ``_check_wrapper_specs``),
+    """Build every wrapper the manifest names (already checked by ``check_wrapper_specs``),
     check every captured graph statically (:mod:`hookwrap._graph_check`, within ``budget``
     bytes) and install them; each module is checked before any is changed."""
     plan: list[tuple[str, nn.Module, list[W.Wrapper], list[W.Wrapper]]] = []
@@ -770,7 +455,7 @@ def _loaded_class(module: str, name: str) -> Any:
     return getattr(found, name, None) if found is not None else None
 
 
-def _check_keys(name: str, header: _Header, state: dict[str, torch.Tensor], strict: bool,
+def _check_keys(name: str, header: Header, state: dict[str, torch.Tensor], strict: bool,
                 model: nn.Module | None = None) -> list[str]:
     file_keys = header.tensors
     problems: list[tuple[str, str]] = []
@@ -842,12 +527,12 @@ def load(path: str | os.PathLike[str], base: nn.Module | Callable[[], nn.Module]
     """
     with _opened(path) as header:
         if verify:
-            _require_digests(header)
+            require_digests(header)
         model = _base_module(base)
         return _load_into(model, header, strict=strict, verify=verify)
 
 
-def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool) -> nn.Module:
+def _load_into(model: nn.Module, header: Header, *, strict: bool, verify: bool) -> nn.Module:
     name = header.name
     live = forward_hooks(model)
     if live and header.manifest is not None:
@@ -879,7 +564,7 @@ def _load_into(model: nn.Module, header: _Header, *, strict: bool, verify: bool)
             for key in [k for k in tensors if k in owned]:  # a wrapper's own tensors, whatever state_dict says
                 owned[key].copy_(tensors.pop(key))
         _copy_tensors(model, tensors, getattr(plain, "_metadata", None))
-        actions = header.manifest["_actions"] if header.manifest is not None else []
+        actions = [Action(**a) for a in header.manifest["_actions"]] if header.manifest is not None else []
         if actions or missing:
             attach_report(model, actions, missing_keys=missing)
     return model
@@ -916,7 +601,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     return model
 
 
-def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
+def _read_tensors(header: Header, keys: set[str]) -> dict[str, torch.Tensor]:
     """The file's tensors named in ``keys``, mapped copy-on-write from the already opened
     file, at the byte ranges of the header this module checked (no second parser reads it,
     and the path is never opened again)."""
@@ -947,7 +632,7 @@ def _read_tensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _read_tensors_with_safetensors(header: _Header, keys: set[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
+def _read_tensors_with_safetensors(header: Header, keys: set[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -228,6 +228,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def error_report(error: str, onnx: str) -> dict[str, Any]:
+    """The JSON report of a check that could not run."""
+    return {"passed": False, "error": error, "onnx": onnx, "checks": []}
+
+
 def write_error_reports(error: str, *, onnx: str, json_path: str | os.PathLike[str] | None = None,
                         junit_path: str | os.PathLike[str] | None = None, suite: str = "hookwrap.parity") -> None:
     """The reports of a check that could not run (exit 2: bad input, a golden file for
@@ -235,7 +240,7 @@ def write_error_reports(error: str, *, onnx: str, json_path: str | os.PathLike[s
     ``"error"``, JUnit with one testcase holding an ``<error>``, so that CI report widgets
     show the cause."""
     if json_path is not None:
-        write_json({"passed": False, "error": error, "onnx": onnx, "checks": []}, json_path, 2)
+        write_json(error_report(error, onnx), json_path, 2)
     if junit_path is not None:
         root = ET.Element("testsuites", name=suite, tests="1", failures="0", errors="1", time="0.000")
         ts = ET.SubElement(root, "testsuite", name=suite, tests="1", failures="0", errors="1", skipped="0",

@@ -66,7 +66,7 @@ def run(args, cwd, ok=(0,)):
 def test_inspect_table_and_json(workspace):
     proc = run(["inspect", "factories.py:build"], workspace)
     assert "2 hook(s) on Sequential" in proc.stdout and "convert" in proc.stdout
-    data = json.loads(run(["inspect", "factories:build", "--json"], workspace).stdout)  # module form
+    data = json.loads(run(["inspect", "factories:build", "--json", "-"], workspace).stdout)  # module form
     assert data["count"] == 2 and [h["path"] for h in data["hooks"]] == ["0", "3"]
 
 
@@ -75,16 +75,22 @@ def test_convert_export_check_succeed(workspace):
     assert "conversion report" in proc.stdout and "m.safetensors" in proc.stdout
     run(["convert", "factories.py:build", "-o", "new/folder/m.safetensors"], workspace)  # made like mkdir -p
     assert (workspace / "new" / "folder" / "m.safetensors").is_file()
-    summary = json.loads(run(["convert", "factories.py:build", "-o", "m.safetensors", "--json"], workspace).stdout)
+    summary = json.loads(run(["convert", "factories.py:build", "-o", "m.safetensors", "--json", "-"], workspace).stdout)
     assert summary["report"]["counts"] == {"converted": 2}
+    # --json takes a path on every command: the file is written and the tables still shown
+    proc = run(["convert", "factories.py:build", "-o", "m.safetensors", "--json", "out/s.json"], workspace)
+    assert "conversion report" in proc.stdout
+    assert json.loads((workspace / "out" / "s.json").read_text()) == summary
     proc = run(["export", "factories.py:build", "-o", "m.onnx", "--dynamic-batch", "--check"], workspace)
     assert "parity PASSED" in proc.stdout and "opset" in proc.stdout
-    export = json.loads(run(["export", "factories.py:build", "-o", "m.onnx", "--json"], workspace).stdout)
+    export = json.loads(run(["export", "factories.py:build", "-o", "m.onnx", "--json", "-"], workspace).stdout)
     assert export["nodes"] > 0 and export["files"][-1].endswith("m.onnx")
     proc = run(["check", "m.onnx", "--reference", "factories.py:build", "--json", "r.json", "--junit", "r.xml"],
                workspace)
     assert "parity PASSED" in proc.stdout
     assert json.loads((workspace / "r.json").read_text())["passed"] is True
+    proc = run(["check", "m.onnx", "--reference", "factories.py:build", "--json", "-"], workspace)
+    assert json.loads(proc.stdout)["passed"] is True  # stdout holds the JSON alone
     assert ET.parse(workspace / "r.xml").getroot().find("testsuite").get("failures") == "0"
     # --weights loads the converted file into a freshly built reference
     proc = run(["check", "m.onnx", "--reference", "factories.py:build", "--weights", "m.safetensors"], workspace)

@@ -120,3 +120,116 @@ def test_the_ci_examples_gate_without_torch(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "parity.xml").exists() and (tmp_path / "parity.json").exists()
+
+
+def _closure(requirements: list[str], extras: tuple[str, ...] = ()) -> set[str]:
+    """The installed distributions that ``requirements`` pull in, transitively (names
+    normalised as pip does), following only requirements whose markers hold."""
+    import re
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), extras) for r in requirements]
+    while todo:
+        req, wanted = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or ("",))):
+            continue
+        name = norm(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue  # pip check reports it; the caller compares against that report
+        todo += [(Requirement(r), tuple(req.extras)) for r in dist.requires or []]
+    return seen
+
+
+def test_the_torch_free_install_in_a_fresh_venv_runs_the_gate(tmp_path):
+    """`pip install hookwrap` (the wheel, no extras) in a new venv, from the wheels that make
+    install keeps (no network): pip check is clean, torch is absent, and the gate runs as the
+    CI recipes run it: check --golden with reports, verify and inspect of files; a command
+    that needs torch says so and exits 2."""
+    import json
+    import textwrap
+
+    import torch
+
+    import hookwrap as hw
+
+    wheels = ROOT / ".venv" / "gate-wheels"
+    assert wheels.is_dir(), "make install keeps the gate's wheels in .venv/gate-wheels"
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                           "-w", str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    venv = tmp_path / "gate"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    proc = subprocess.run([*pip, "install", "--quiet", "--no-index", "--find-links", str(wheels),
+                           *map(str, dist.glob("hookwrap-*.whl"))], capture_output=True, text=True, timeout=900,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "No broken requirements" in proc.stdout, proc.stdout + proc.stderr
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode != 0 and "No module named 'torch'" in proc.stderr
+
+    from helpers import small_cnn
+
+    model = small_cnn()
+    model[0].register_forward_hook(lambda m, a, o: o * 2.0)
+    x = torch.randn(2, 3, 10, 10)
+    work = tmp_path / "work"
+    work.mkdir()
+    hw.export_onnx(model, (x,), work / "model.onnx", dynamic_batch=True)
+    hw.record(model, (x,), work / "golden.npz", onnx=work / "model.onnx")
+    hw.save(hw.convert(model, (x,)), work / "m.safetensors")
+    cli = str(venv / "bin" / "hookwrap")
+
+    def gate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], cwd=work, capture_output=True, text=True, timeout=600, env=env)
+
+    proc = gate("check", "model.onnx", "--golden", "golden.npz", "--strict", "--junit", "r.xml", "--json", "r.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((work / "r.json").read_text())["passed"] is True
+    assert ET.parse(work / "r.xml").getroot().get("failures") == "0"
+    proc = gate("verify", "m.safetensors")
+    assert proc.returncode == 0 and "intact" in proc.stdout, proc.stderr
+    proc = gate("inspect", "m.safetensors", "--json", "-")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["wrappers"], proc.stderr
+    # a changed model fails the gate: an export of the model without its hook
+    hw.export_onnx(small_cnn(), (x,), work / "plain.onnx", dynamic_batch=True)
+    proc = gate("check", "plain.onnx", "--golden", "golden.npz")
+    assert proc.returncode == 1 and "FAILED" in proc.stdout, proc.stdout + proc.stderr
+    (work / "factories.py").write_text(textwrap.dedent("""
+        import torch
+        def build():
+            return torch.nn.Identity()
+    """))
+    proc = gate("export", "factories.py:build", "-o", "x.onnx")
+    assert proc.returncode == 2 and "pip install 'hookwrap[torch]'" in proc.stderr, proc.stderr
+
+
+def test_pip_check_reports_nothing_about_hookwrap_torch(tmp_path):
+    """In the development venv (hookwrap[torch,dev]), pip check's only complaints are about
+    packages outside hookwrap[torch]'s requirement closure (steering-vectors, which make
+    install adds without its dependencies for the tests)."""
+    import re
+    from importlib import metadata
+
+    needed = _closure([r for r in metadata.requires("hookwrap") or []
+                       if "extra ==" not in r or 'extra == "torch"' in r], extras=("torch",))
+    assert {"torch", "onnxscript", "onnxruntime", "safetensors"} <= needed
+    proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    broken = {re.sub(r"[-_.]+", "-", line.split()[0]).lower() for line in proc.stdout.splitlines()
+              if line.strip() and "No broken requirements" not in line}
+    assert not broken & needed, proc.stdout

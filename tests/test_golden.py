@@ -18,23 +18,27 @@ from helpers import ROOT, DropoutHook, small_cnn
 from torch import nn
 
 import hookwrap as hw
+from hookwrap.golden import read_meta
 
 TESTS = str(ROOT / "tests")
 CLI = Path(sys.executable).parent / "hookwrap"
 
-# Runs the hookwrap CLI in a process where importing torch or torchvision raises ImportError.
-GATE = textwrap.dedent("""
+# Runs the hookwrap CLI in a process where importing torch or torchvision raises {error}.
+_WITHOUT = textwrap.dedent("""
     import sys
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split('.')[0] in ('torch', 'torchvision'):
-                raise ImportError(f'{name} is not installed in this image')
+                raise {error}(f"No module named {{name!r}}", name=name)
     sys.meta_path.insert(0, Block())
     from hookwrap.cli import main
     code = main(sys.argv[1:])
     assert 'torch' not in sys.modules
     sys.exit(code)
 """)
+GATE = _WITHOUT.format(error="ImportError")
+# as pip leaves a plain install: ModuleNotFoundError
+ABSENT = _WITHOUT.format(error="ModuleNotFoundError")
 
 
 def gate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -123,7 +127,7 @@ def test_hookwrap_record_writes_what_hw_record_writes(tmp_path):
             torch.manual_seed(0)
             return hooked_cnn(), (torch.randn(2, 3, 10, 10),)
     """))
-    proc = subprocess.run([str(CLI), "record", "factories.py:build", "-o", "out/g.npz", "--json"], cwd=tmp_path,
+    proc = subprocess.run([str(CLI), "record", "factories.py:build", "-o", "out/g.npz", "--json", "-"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -380,19 +384,14 @@ def test_the_fixture_takes_strict(tmp_path):
     assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
 
 
+def without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ABSENT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
 def test_a_command_that_needs_torch_says_how_to_install_it(tmp_path):
     """Where torch is not installed (ModuleNotFoundError, as pip leaves it), export and the
     live check name the extra to install, in one line, exit 2."""
-    absent = textwrap.dedent("""
-        import sys
-        class Absent:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'torchvision'):
-                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        sys.meta_path.insert(0, Absent())
-        from hookwrap.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """)
+    absent = ABSENT
     (tmp_path / "factories.py").write_text("import torch\ndef build():\n    return None\n")
     for args in (["export", "factories.py:build", "-o", "m.onnx"], ["inspect", "factories.py:build"]):
         proc = subprocess.run([sys.executable, "-c", absent, *args], cwd=tmp_path, capture_output=True, text=True,
@@ -406,3 +405,31 @@ def test_record_refuses_bad_draw_options_before_any_work(tmp_path, options):
     with pytest.raises(hw.InvalidArgumentError, match="seed|samples"):
         hw.record(hooked_cnn(), (torch.randn(2, 3, 10, 10),), tmp_path / "g.npz", **options)
     assert not (tmp_path / "g.npz").exists()
+
+
+def test_verify_and_inspect_of_files_need_no_torch(tmp_path):
+    """The plain install verifies a saved file's digests (exit 0, or 1 on one changed byte)
+    and inspects a saved file and a golden file, with torch not installed."""
+    model = hooked_cnn()
+    x = torch.randn(2, 3, 10, 10)
+    hw.save(hw.convert(model, (x,)), tmp_path / "m.safetensors")
+    hw.record(model, (x,), tmp_path / "g.npz")
+    proc = without_torch("verify", "m.safetensors", "--json", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["intact"] is True and result["wrappers_checked"] is False
+    assert result["tensors"] == len(hw.read_manifest(tmp_path / "m.safetensors")["tensors"])
+    assert hw.verify(tmp_path / "m.safetensors").to_dict()["wrappers_checked"] is True  # with torch: all of it
+    proc = without_torch("inspect", "m.safetensors", "--json", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["wrappers"] == hw.read_manifest(tmp_path / "m.safetensors")["wrappers"]
+    proc = without_torch("inspect", "m.safetensors", cwd=tmp_path)
+    assert proc.returncode == 0 and "converted" in proc.stdout and "0.hookwrap_post" not in proc.stderr, proc.stderr
+    proc = without_torch("inspect", "g.npz", "--json", "r/g.json", cwd=tmp_path)
+    assert proc.returncode == 0 and "stochastic" in proc.stdout, proc.stderr
+    assert json.loads((tmp_path / "r" / "g.json").read_text())["sets"] == read_meta(tmp_path / "g.npz")["sets"]
+    data = bytearray((tmp_path / "m.safetensors").read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor
+    (tmp_path / "m.safetensors").write_bytes(bytes(data))
+    proc = without_torch("verify", "m.safetensors", cwd=tmp_path)
+    assert proc.returncode == 1 and "CHANGED" in proc.stderr and "fails its digest check" in proc.stderr, proc.stderr

@@ -16,12 +16,12 @@ PACKAGE = ROOT / "hookwrap"
 
 # Lowest first. A module may import only modules before it in this list.
 ORDER = [
-    "errors", "_version", "_defaults", "_fs", "_tree", "_npz", "_onnx", "_onnx_write", "_torch", "_diff", "_graph", "_graph_check", "_txn", "report",
+    "errors", "_version", "_defaults", "_fs", "_file", "_tree", "_npz", "_onnx", "_onnx_write", "_torch", "_diff", "_graph", "_graph_check", "_txn", "report",
     "wrappers", "hooks", "registry", "inventory", "capture", "plan", "strip", "convert", "io", "export",
     "parity_inputs", "compare", "parity_report", "reference", "golden", "parity", "bisect",
     "pytest_plugin", "cli", "__init__",
 ]
-TORCH_FREE = ["errors", "_version", "_defaults", "_fs", "_npz", "_onnx", "_onnx_write", "parity_inputs", "compare", "parity_report", "golden",
+TORCH_FREE = ["errors", "_version", "_defaults", "_fs", "_file", "_npz", "_onnx", "_onnx_write", "parity_inputs", "compare", "parity_report", "golden",
               "parity"]
 
 

@@ -66,3 +66,51 @@ def test_readme_commands_and_python_blocks_run(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parity FAILED" in proc.stdout  # the stripped model fails, as the README says
+
+
+DESCRIPTION = (ROOT / "DESCRIPTION.md").read_text()
+
+
+def test_the_long_description_speaks_to_users_and_matches_the_code():
+    """The package index shows DESCRIPTION.md: no relative links (they break there), no
+    contributor set-up, and every command, flag and hw name it shows exists."""
+    import tomllib
+
+    import hookwrap as hw
+    from hookwrap.cli import build_parser
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["readme"]["file"] == "DESCRIPTION.md"
+    links = re.findall(r"\]\(([^)]+)\)", DESCRIPTION)
+    assert all(link.startswith("https://") for link in links), links
+    assert not re.search(r"\bmake (demo|test|install|bench|lint)\b", DESCRIPTION) and "wheel store" not in DESCRIPTION
+    assert "CONTRIBUTING.md" in README and "make demo" in (ROOT / "CONTRIBUTING.md").read_text()
+    names = set(re.findall(r"\bhw\.(\w+)", DESCRIPTION))
+    assert names and names <= set(hw.__all__), names - set(hw.__all__)
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    shown = [line.strip() for kind, body in BLOCK.findall(DESCRIPTION) if kind == "sh"
+             for line in body.splitlines() if line.strip().startswith("hookwrap ")]
+    assert len(shown) == 3
+    for line in shown:
+        argv = shlex.split(line.split("#")[0])[1:]
+        flags = {o for a in subs[argv[0]]._actions for o in a.option_strings}
+        assert {a for a in argv if a.startswith("--")} <= flags, line
+    assert f">={sys.version_info.major}.{sys.version_info.minor}" == project["requires-python"]
+    assert "Python 3.11 or newer" in DESCRIPTION and "Python 3.11 or newer" in README
+
+
+def test_twine_check_strict_passes_on_the_wheel_and_the_sdist(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "-o", str(tmp_path),
+                           str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert len(built) == 2 and built[0].endswith(".whl") and built[1].endswith(".tar.gz"), built
+    proc = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, tmp_path.iterdir())],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count("PASSED") == 2, proc.stdout + proc.stderr
+    import tarfile
+
+    with tarfile.open(next(tmp_path.glob("*.tar.gz"))) as sdist:
+        files = {Path(n).name for n in sdist.getnames()}
+    assert {"LICENSE", "DESCRIPTION.md", "SECURITY.md", "CONTRIBUTING.md"} <= files, files
