@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,35 @@ ROOT = Path(__file__).resolve().parents[1]
 for extra in (ROOT, ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
+
+
+# A small launcher between the bench and the measured command: a child's ru_maxrss starts
+# at the high-water mark of the process it was forked from, so forking from the bench (which
+# holds torch and models) would report the bench's memory, not the command's.
+_LAUNCH = """import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss * 1024} {seconds}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None
+                 ) -> tuple[float, int]:
+    """A command's wall time (seconds) and its own peak RSS (bytes), in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
+        figures = Path(tmp) / "peak"
+        proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(figures), *argv], cwd=cwd, stdout=log,
+                              stderr=log, env=env)
+        if proc.returncode not in ok:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
+                               f"{log.read()[-2000:].decode(errors='replace')}")
+        peak, seconds = figures.read_text().split()
+    return float(seconds), int(peak)
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, emit, figure, spread
+from _common import ROOT, emit, figure, run_measured, spread
 from torch import nn
 
 import hookwrap as hw
@@ -50,12 +50,7 @@ FACTORY = textwrap.dedent(f"""
 
 
 def wall(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode not in ok:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-1500:]}")
-    return seconds
+    return run_measured(argv, cwd, ok)[0]
 
 
 def polygraphy_files(folder: Path) -> None:
@@ -71,7 +66,7 @@ def gate_figures(folder: Path) -> list[dict]:
 
     model, example = r18()
     hw.export_onnx(model, example, folder / "r18.onnx")
-    hw.record(model, example, folder / "g.npz")
+    hw.record(model, example, folder / "g.npz", onnx=folder / "r18.onnx")  # as the CI recipes record it
     polygraphy_files(folder)
     commands = {
         "golden": [str(BIN / "hookwrap"), "check", "r18.onnx", "--golden", "g.npz"],
@@ -82,19 +77,75 @@ def gate_figures(folder: Path) -> list[dict]:
     for argv in commands.values():
         wall(argv, folder)  # warm the page cache and the bytecode caches
     times: dict[str, list[float]] = {k: [] for k in commands}
+    rss: dict[str, list[int]] = {k: [] for k in commands}
     for r in range(ROUNDS):
         order = list(commands) if r % 2 == 0 else list(reversed(commands))
         for name in order:
-            times[name].append(wall(commands[name], folder))
+            seconds, peak = run_measured(commands[name], folder)
+            times[name].append(seconds)
+            rss[name].append(peak)
     golden = [g / p for g, p in zip(times["golden"], times["polygraphy"])]
     reference = [g / p for g, p in zip(times["reference"], times["polygraphy"])]
+    memory = [g / p for g, p in zip(rss["golden"], rss["polygraphy"])]
     medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    peak_mb = {k: round(statistics.median(v) / 1e6, 1) for k, v in rss.items()}
     return [
         figure("gate_golden_time_ratio_vs_polygraphy_r18", statistics.median(golden), 1.0, **spread(golden),
                seconds=medians),
+        figure("gate_golden_peak_rss_ratio_vs_polygraphy_r18", statistics.median(memory), None, **spread(memory),
+               peak_rss_mb=peak_mb),
         figure("check_reference_time_ratio_vs_polygraphy_r18", statistics.median(reference), None, **spread(reference),
                seconds=medians),
     ]
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def install_figures(folder: Path) -> list[dict]:
+    """The size of the torch-free gate (`pip install hookwrap`: the wheel and its plain
+    dependencies, into a fresh venv, from the wheels make install keeps), against what the
+    torch extra's torch and torchvision alone take in this venv."""
+    from importlib import metadata
+
+    dist = folder / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    str(dist), str(ROOT)], check=True, capture_output=True)
+    venv = folder / "gate-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    empty = _tree_bytes(venv)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--no-index", "--find-links", str(ROOT / ".venv" / "gate-wheels"), *map(str, dist.glob("*.whl"))],
+                   check=True, capture_output=True)
+    gate = _tree_bytes(venv) - empty
+    extra = _closure(["torch", "torchvision", "onnxscript"]) - _closure(metadata.requires("hookwrap") or [])
+    extra_bytes = sum(path.stat().st_size for name in extra for file in metadata.distribution(name).files or []
+                      if (path := Path(str(file.locate()))).is_file())
+    return [figure("gate_install_mb", gate / 1e6, None, torch_extra_adds_mb=round(extra_bytes / 1e6, 1),
+                   torch_extra_packages=len(extra))]
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The installed distributions that ``requirements`` pull in (markers that name no extra)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if req.name.lower() in seen:
+            continue
+        seen.add(req.name.lower())
+        try:
+            todo += [Requirement(r) for r in metadata.distribution(req.name).requires or []]
+        except metadata.PackageNotFoundError:
+            pass
+    return seen
 
 
 def seed_model() -> tuple[nn.Module, tuple]:
@@ -137,7 +188,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        figures = gate_figures(folder) + statistical_figures(folder)
+        figures = gate_figures(folder) + install_figures(folder) + statistical_figures(folder)
     emit("gate", figures)
 
 
