@@ -556,6 +556,9 @@ def _load_into(model: nn.Module, header: Header, *, strict: bool, verify: bool) 
         plain = model.state_dict()
         state = {**plain, **_wrapper_tensors(model)}
         missing = _check_keys(name, header, state, strict, model)
+        on_meta = _meta_tensors(model)
+        if on_meta:  # a base built on the meta device gets the file's tensors, mapped, in place of its own
+            _check_meta_base(name, on_meta, header, model)
         tensors = _read_tensors(header, set(header.tensors))
         if verify:
             _verify_tensors(header, tensors, header.manifest["_digests"])  # type: ignore[index]
@@ -563,11 +566,54 @@ def _load_into(model: nn.Module, header: Header, *, strict: bool, verify: bool) 
         with torch.no_grad():
             for key in [k for k in tensors if k in owned]:  # a wrapper's own tensors, whatever state_dict says
                 owned[key].copy_(tensors.pop(key))
-        _copy_tensors(model, tensors, getattr(plain, "_metadata", None))
+        if on_meta:
+            _share_tied(_tied_groups(model), tensors)
+        _copy_tensors(model, tensors, getattr(plain, "_metadata", None), assign=bool(on_meta))
         actions = [Action(**a) for a in header.manifest["_actions"]] if header.manifest is not None else []
         if actions or missing:
             attach_report(model, actions, missing_keys=missing)
     return model
+
+
+def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(k, t) for k, t in [*model.named_parameters(remove_duplicate=False),
+                                *model.named_buffers(remove_duplicate=False)] if t is not None]
+
+
+def _meta_tensors(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters and buffers on the meta device."""
+    return [k for k, t in _named_tensors(model) if t.is_meta]
+
+
+def _tied_groups(model: nn.Module) -> list[set[str]]:
+    """Names that are one parameter or buffer object (tied), found by identity: meta
+    tensors have no storage to compare."""
+    groups: dict[int, set[str]] = {}
+    for key, tensor in _named_tensors(model):
+        groups.setdefault(id(tensor), set()).add(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _check_meta_base(name: str, on_meta: list[str], header: Header, model: nn.Module) -> None:
+    """Every tensor of a base on the meta device must come from the file (or be tied to one
+    that does): a buffer the state dict leaves out, or a key the file lacks, would stay
+    without data."""
+    tied = {k for group in _tied_groups(model) if any(g in header.tensors for g in group) for k in group}
+    lost = [k for k in on_meta if k not in header.tensors and k not in tied]
+    if lost:
+        raise InvalidArgumentError(
+            f"{name}: the base was built on the meta device, and {lost[0]!r} is not in the file "
+            f"({len(lost)} such tensor(s); a non-persistent buffer is never saved); build that part of the base "
+            f"on the CPU")
+
+
+def _share_tied(groups: list[set[str]], tensors: dict[str, torch.Tensor]) -> None:
+    """Keys the file stores once for a tied group get the same tensor (for ``assign``)."""
+    for group in groups:
+        source = next((k for k in sorted(group) if k in tensors), None)
+        for key in group:
+            if source is not None and key not in tensors:
+                tensors[key] = tensors[source]
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
@@ -591,12 +637,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
         state = model.state_dict()
         _check_keys(header.name, plain, state, strict)
         tensors = _read_tensors(header, set(plain.tensors))
-        if assign:  # keys the file stores once for a tied group get the same tensor
-            for group in _shared_groups(state):
-                source = next((k for k in sorted(group) if k in tensors), None)
-                for key in group:
-                    if source is not None and key not in tensors:
-                        tensors[key] = tensors[source]
+        if assign:
+            _share_tied(_shared_groups(state), tensors)
         _copy_tensors(model, tensors, getattr(state, "_metadata", None), assign=assign)
     return model
 
@@ -651,5 +693,13 @@ def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: 
     # Modules with a versioned state dict (torchvision's MNASNet, BatchNorm) read their
     # version from the state dict's metadata; the file's tensors are in this code's format.
     state._metadata = metadata  # type: ignore[attr-defined]
+    groups = _tied_groups(model) if assign else []
     with torch.no_grad():
         model.load_state_dict(state, strict=False, assign=assign)
+    for group in groups:  # assign makes one Parameter per key: tie them again, as they were
+        first, *others = sorted(group)
+        owner, _, attr = first.rpartition(".")
+        tensor = getattr(model.get_submodule(owner), attr)
+        for key in others:
+            owner, _, attr = key.rpartition(".")
+            setattr(model.get_submodule(owner), attr, tensor)

@@ -561,3 +561,62 @@ def test_format_2_captured_graphs_still_load_and_fail_by_name_at_other_sizes(tmp
     text = str(info.value)
     assert text.startswith("0.hookwrap_post.0: the captured post-hook") and "output [2, 11, 4]" in text
     assert "older than format 3" in text
+
+
+def _gpt2(device: str = "cpu"):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, eos_token_id=0,
+                        bos_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return GPT2LMHeadModel(config).eval()
+
+
+def test_load_into_a_base_on_the_meta_device_maps_the_file(tmp_path):
+    """A base built on the meta device (no memory) gets the file's tensors mapped from the
+    file, not copied: the same outputs as the hooked model, tied weights still one
+    Parameter, no tensor left on meta."""
+    model = _gpt2()
+    steer = torch.randn(32, generator=torch.Generator().manual_seed(2))  # a steering vector (a shift LayerNorm keeps)
+    model.transformer.h[0].register_forward_hook(lambda m, a, o: (o[0] + steer, *o[1:]) if isinstance(o, tuple)
+                                                 else o + steer)
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    hw.save(hw.convert(model, (ids,)), tmp_path / "m.safetensors")
+    loaded = hw.load(tmp_path / "m.safetensors", base=lambda: _gpt2("meta"))
+    with torch.no_grad():
+        want, got = model(ids).logits, loaded(ids).logits
+        plain = _gpt2()(ids).logits
+    assert torch.equal(got, want) and not torch.allclose(plain, want, atol=1e-3)  # the hook shows in the output
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert not [k for k, t in [*loaded.named_parameters(), *loaded.named_buffers()] if t.is_meta]
+    size = (tmp_path / "m.safetensors").stat().st_size
+    weight = loaded.transformer.h[1].mlp.c_fc.weight
+    assert weight.untyped_storage().nbytes() == size  # a view of the whole mapped file: no copy
+
+
+def test_a_meta_base_whose_tensor_the_file_lacks_is_refused_untouched(tmp_path):
+    class WithMask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("mask", torch.ones(4), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x) * self.mask
+
+    torch.manual_seed(0)
+    model = WithMask()
+    model.fc.register_forward_hook(lambda m, a, o: o * 3.0)
+    x = torch.randn(2, 4)
+    hw.save(hw.convert(model, (x,)), tmp_path / "m.safetensors")
+    with torch.device("meta"):
+        base = WithMask()
+    with pytest.raises(hw.InvalidArgumentError, match="'mask'.*meta device|meta device.*'mask'"):
+        hw.load(tmp_path / "m.safetensors", base=base)
+    assert base.fc.weight.is_meta and base.mask.is_meta and not W.is_host(base.fc)
+    # with the buffer built on the CPU, the rest on meta, it loads
+    with torch.device("meta"):
+        base = WithMask()
+    base.mask = torch.ones(4)
+    assert torch.equal(hw.load(tmp_path / "m.safetensors", base=base)(x), model(x))
