@@ -22,13 +22,30 @@ for extra in (ROOT, ROOT / "tests"):
 # A small launcher between the bench and the measured command: a child's ru_maxrss starts
 # at the high-water mark of the process it was forked from, so forking from the bench (which
 # holds torch and models) would report the bench's memory, not the command's.
-_LAUNCH = """import os, subprocess, sys, time
+_LAUNCH = """import os, subprocess, sys, threading, time
+peaks = {"RssAnon": 0, "RssFile": 0}
+def sample(pid, done):
+    path = f"/proc/{pid}/status"
+    while not done.wait(0.01):
+        try:
+            with open(path) as status:
+                for line in status:
+                    key = line.split(":")[0]
+                    if key in peaks:
+                        peaks[key] = max(peaks[key], int(line.split()[1]) * 1024)
+        except (OSError, ValueError, IndexError):
+            pass
 start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
+done = threading.Event()
+sampler = threading.Thread(target=sample, args=(proc.pid, done), daemon=True)
+sampler.start()
 _, status, usage = os.wait4(proc.pid, 0)
 seconds = time.perf_counter() - start
+done.set()
+sampler.join()
 with open(sys.argv[1], "w") as out:
-    out.write(f"{usage.ru_maxrss * 1024} {seconds}")
+    out.write(f"{usage.ru_maxrss * 1024} {seconds} {peaks['RssAnon']} {peaks['RssFile']}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -36,6 +53,15 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def run_measured(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None
                  ) -> tuple[float, int]:
     """A command's wall time (seconds) and its own peak RSS (bytes), in a fresh process."""
+    seconds, peak, _ = run_profiled(argv, cwd, ok, env)
+    return seconds, peak
+
+
+def run_profiled(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None
+                 ) -> tuple[float, int, dict[str, int]]:
+    """:func:`run_measured`, and the peaks of the command's private (``RssAnon``) and
+    file-backed (``RssFile``: mapped files, reclaimable page cache) memory, sampled every
+    10 ms from /proc (a peak shorter than that can be missed; the total is exact)."""
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
         figures = Path(tmp) / "peak"
         proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, str(figures), *argv], cwd=cwd, stdout=log,
@@ -44,8 +70,8 @@ def run_measured(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,), env: di
             log.seek(0)
             raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
                                f"{log.read()[-2000:].decode(errors='replace')}")
-        peak, seconds = figures.read_text().split()
-    return float(seconds), int(peak)
+        peak, seconds, anon, file = figures.read_text().split()
+    return float(seconds), int(peak), {"private": int(anon), "file": int(file)}
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -55,6 +55,30 @@ def manifest_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def write_file(handle: BinaryIO, tensors: list[tuple[str, str, list[int], memoryview]], metadata: dict[str, str], *,
+               progress: Callable[[int, int], None] | None = None) -> None:
+    """Write a safetensors file: the 8-byte header length, the JSON header (padded with
+    spaces to 8 bytes, as safetensors pads it), then every tensor's bytes in the given
+    order, streamed from ``(key, dtype name, shape, bytes)`` with no copy.
+    ``progress(done, total)`` is called with the bytes written so far."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key, dtype, shape, data in tensors:
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
+        offset += data.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    handle.write(struct.pack("<Q", len(text)) + text)
+    done = 0
+    for _, _, _, data in tensors:
+        flat = data.cast("B") if data.nbytes else data
+        for start in range(0, flat.nbytes, _CHUNK):
+            handle.write(flat[start:start + _CHUNK])
+        done += data.nbytes
+        if progress is not None:
+            progress(done, offset)
+
+
 def bytes_digest(data: bytes | memoryview) -> str:
     """The BLAKE3 digest (hex) of ``data``, as the manifest records a tensor's bytes."""
     hasher = _hasher(len(data))
@@ -393,7 +417,8 @@ def require_digests(header: Header) -> dict[str, str]:
 
 
 
-def verify(path: str | os.PathLike[str], check: WrapperCheck | None = None) -> VerifyResult:
+def verify(path: str | os.PathLike[str], check: WrapperCheck | None = None, *,
+           progress: Callable[[int, int], None] | None = None) -> VerifyResult:
     """Check a hookwrap file's header and every tensor's bytes against the BLAKE3 digest
     that ``save`` recorded, reading the data in chunks (no tensor is held in memory and no
     model is built). :func:`hookwrap.io.verify` is this with the wrapper registry's checks.
@@ -406,11 +431,13 @@ def verify(path: str | os.PathLike[str], check: WrapperCheck | None = None) -> V
             header entry) at fault.
         InvalidArgumentError: the file has no digests to check.
         HookwrapError: the file cannot be opened, or is not a regular file.
+
+    ``progress(done, total)`` is called with the bytes hashed so far, after each chunk.
     """
     start = time.perf_counter()
     with opened(path, check) as header:
         digests = require_digests(header)
-        total = 0
+        total, everything = 0, sum(e - b for b, e in header.spans.values())
         buffer = bytearray(min(_CHUNK, max((e - b for b, e in header.spans.values()), default=0)))
         view = memoryview(buffer)
         with file_errors(header.path, "read the safetensors file", ManifestError):
@@ -427,6 +454,8 @@ def verify(path: str | os.PathLike[str], check: WrapperCheck | None = None) -> V
                                             f"while it was being read", key=key)
                     hasher.update(view[:got])
                     left -= got
+                    if progress is not None:
+                        progress(total + (end - begin) - left, everything)
                 if hasher.hexdigest() != digests[key]:
                     raise ManifestError(f"{header.name}: tensor {key!r} fails its digest check: its bytes were "
                                         f"changed or corrupted", key=key)

@@ -11,12 +11,14 @@ imported only by the commands that need them, so ``--version`` and ``--help`` ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -256,20 +258,37 @@ def _files_table(files: list[Path]) -> Any:
     return _table("files written", rows)
 
 
-def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, quiet: bool, **kwargs: Any) -> Any:
-    import hookwrap as hw
+@contextlib.contextmanager
+def _bar(console: Any, label: str, quiet: bool, *, size: bool = True) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar fed by ``step(done, total)`` callbacks (bytes with ``size``, else
+    counts); none under ``--json -`` or when the output is not a terminal."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    if quiet:
-        return hw.check_parity(reference, onnx_path, inputs, **kwargs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("checking parity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("parity", total=None)
+    amount = DownloadColumn() if size else MofNCompleteColumn()
+    with Progress(TextColumn(label), BarColumn(), amount, TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(label, total=None)
 
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        yield step
+
+
+def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, quiet: bool, **kwargs: Any) -> Any:
+    import hookwrap as hw
+
+    with _bar(console, "checking parity", quiet, size=False) as step:
         return hw.check_parity(reference, onnx_path, inputs, progress=step, **kwargs)
 
 
@@ -353,8 +372,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     _output_folder(args.output)
     with _status(console, "converting hooks", _quiet(args)):
         converted = hw.convert(model, example)
-    with _status(console, f"saving {output}", _quiet(args)):
-        hw.save(converted, output)
+    with _bar(console, f"saving {output}", _quiet(args)) as step:
+        hw.save(converted, output, progress=step)
     report = hw.conversion_report(converted)
     if args.json:
         _emit_json(args, json.dumps({"output": str(output), "bytes": output.stat().st_size,
@@ -380,9 +399,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .io import load_weights
 
         load_weights(model, args.weights)
-    with _status(console, f"converting and exporting with the {args.exporter} exporter", _quiet(args)):
+    with _bar(console, f"converting and exporting with the {args.exporter} exporter", _quiet(args),
+              size=False) as step:
         result = hw.export_onnx(model, example, args.output, dynamic_batch=args.dynamic_batch,
-                                opset=args.opset, exporter=args.exporter)
+                                opset=args.opset, exporter=args.exporter, progress=step)
     report = None
     if args.check:
         report = _parity(console, model, args.output, example, _quiet(args))
@@ -505,7 +525,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if _missing_extra(exc) is None:
             raise
     try:
-        result = _file.verify(args.file, check)
+        with _bar(_console(), "verifying digests", _quiet(args)) as step:
+            result = _file.verify(args.file, check, progress=step)
     except ManifestError as exc:
         if args.json:
             _emit_json(args, json.dumps({"path": args.file, "intact": False, "key": exc.key,

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +88,10 @@ def forward_input_names(model: nn.Module, n: int) -> list[str]:
     except (TypeError, ValueError):
         names = []
     return names + [f"input_{i}" for i in range(len(names), n)]
+
+
+# export_onnx's progress: converted, exported and written, checked and in place.
+_PHASES = 3
 
 
 def _dynamo_export(model: nn.Module, example: tuple, tmp: Path, *, dynamic_batch: bool,
@@ -244,6 +248,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     opset: int | None = None,
     exporter: Literal["dynamo", "legacy"] = "dynamo",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Export a model, hooks and all, to ONNX.
 
@@ -261,6 +266,8 @@ def export_onnx(
         dynamic_batch: make the first dimension of every input and output dynamic.
         opset: the ONNX opset; the exporter's default if ``None``.
         exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``) or ``"legacy"``.
+        progress: called as ``progress(done, total)`` as the phases end (converted;
+            exported and written; checked and in place).
 
     Returns:
         An :class:`ExportResult`: opset, node counts per op type, random ops, files.
@@ -294,7 +301,10 @@ def export_onnx(
         if not target.parent.is_dir():
             raise InvalidArgumentError(f"folder {str(target.parent)!r} does not exist")
     start = time.perf_counter()
+    step = progress or (lambda done, total: None)
+    step(0, _PHASES)
     subject, converted, inline, notes = _subject(model, example, exporter)
+    step(1, _PHASES)
     report = conversion_report(subject)
     with private_folder(target) as tmpdir:
         tmp = tmpdir / target.name
@@ -310,6 +320,7 @@ def export_onnx(
                 odd = _odd_outputs(subject, example)
                 hint = "" if odd else _other_exporter(subject, example, exporter)
                 raise ExportError(_explain(exc, exporter, odd) + hint) from exc
+        step(2, _PHASES)
         if not proto.graph.output:
             raise ExportError(f"the exported graph has no outputs: {type(model).__name__} returned no tensor for "
                               f"example_inputs; check what the model returns")
@@ -324,6 +335,7 @@ def export_onnx(
             commit(item, dest)
             files.append(dest)
         fsync_dir(target.parent)
+    step(_PHASES, _PHASES)
     counts = Counter(node.op_type for node in all_nodes(proto))
     opset_version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     random = random_ops_of(proto)

@@ -251,7 +251,8 @@ def _wrapper_entries(model: nn.Module) -> dict[str, Any]:
     return entries
 
 
-def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, str] | None = None) -> None:
+def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, str] | None = None,
+         progress: Callable[[int, int], None] | None = None) -> None:
     """Save a converted model to one ``.safetensors`` file, atomically.
 
     Args:
@@ -260,6 +261,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
             complete on disk.
         metadata: extra string metadata for the header (keys starting with
             ``hookwrap`` are reserved).
+        progress: called as ``progress(done, total)`` with the tensor bytes written.
 
     Raises:
         HookwrapError: the model still has forward hooks, or a wrapper cannot be
@@ -269,8 +271,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
     Example:
         >>> hw.save(hw.convert(model, (x,)), "m.safetensors")
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"save needs an nn.Module, got {type(model).__name__}")
     metadata = dict(metadata or {})
@@ -335,8 +335,12 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         check_wrapper_specs(Path(path).name, wrappers, {k: (v[0], v[1]) for k, v in table.items()})
     except ManifestError as exc:
         raise HookwrapError(f"save would write a file that load refuses: {exc}") from None
+    # Largest alignment first, as safetensors orders them, so every tensor starts aligned.
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     with atomic_path(path) as tmp, file_errors(path, "write the file"):
-        save_file(tensors, str(tmp), metadata=header_meta)
+        with open(tmp, "wb") as fh:
+            _file.write_file(fh, [(k, table[k][0], table[k][1], _tensor_bytes(tensors[k])) for k in order],
+                             header_meta, progress=progress)
         try:  # the file proves itself before it replaces the old one: what load checks first
             read_manifest(tmp)
         except ManifestError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -187,3 +188,40 @@ def test_npz_inputs(workspace):
     proc = run(["check", "m.onnx", "--reference", "factories.py:build", "--inputs", "in.npz"], workspace)
     assert "parity PASSED: 1 input(s)" in proc.stdout
 
+
+
+def run_on_terminal(args, cwd):
+    """Run the CLI with a pseudo-terminal as its output, as a person at a shell sees it."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([HOOKWRAP, *args], cwd=cwd, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closes when the command ends
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=600) == 0, out.decode(errors="replace")[-2000:]
+    return out.decode(errors="replace")
+
+
+def test_long_steps_show_progress_on_a_terminal_only(workspace):
+    """save (convert), export and verify draw a rich progress bar on a terminal; piped or
+    under --json - they print none."""
+    out = run_on_terminal(["convert", "factories.py:build", "-o", "tty.safetensors"], workspace)
+    assert "saving tty.safetensors" in out and "━" in out
+    out = run_on_terminal(["verify", "tty.safetensors"], workspace)
+    assert "verifying digests" in out and "intact" in out
+    out = run_on_terminal(["export", "factories.py:build", "-o", "tty.onnx"], workspace)
+    assert "converting and exporting" in out and "3/3" in out
+    proc = run(["verify", "tty.safetensors"], workspace)
+    assert "verifying" not in proc.stdout + proc.stderr and "━" not in proc.stdout + proc.stderr
+    proc = run(["convert", "factories.py:build", "-o", "tty.safetensors", "--json", "-"], workspace)
+    json.loads(proc.stdout)  # the JSON alone

@@ -620,3 +620,17 @@ def test_a_meta_base_whose_tensor_the_file_lacks_is_refused_untouched(tmp_path):
         base = WithMask()
     base.mask = torch.ones(4)
     assert torch.equal(hw.load(tmp_path / "m.safetensors", base=base)(x), model(x))
+
+
+def test_verify_reads_in_chunks_and_reports_progress(tmp_path):
+    """verify hashes the file's data through one bounded buffer (no tensor is loaded) and
+    reports the bytes done; the last report is the whole data section."""
+    from hookwrap import _file
+
+    model = build("resnet18")
+    hw.save(model, tmp_path / "m.safetensors")
+    seen: list[tuple[int, int]] = []
+    result = _file.verify(tmp_path / "m.safetensors", progress=lambda done, total: seen.append((done, total)))
+    assert result and seen[-1] == (result.bytes, result.bytes)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len({t for _, t in seen}) == 1
+    assert result.bytes == sum(t.numel() * t.element_size() for t in model.state_dict().values())
