@@ -84,6 +84,24 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_times(candidate: Callable[[], Any], baseline: Callable[[], Any], *, rounds: int = 15,
+                      inner: int = 5, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Per-call times of ``candidate`` and ``baseline`` over interleaved rounds (the order
+    alternates each round), for :func:`ratio_interval`."""
+    for _ in range(warmup):
+        candidate()
+        baseline()
+    a_times: list[float] = []
+    b_times: list[float] = []
+    for r in range(rounds):
+        order = [(candidate, a_times), (baseline, b_times)]
+        if r % 2:
+            order.reverse()
+        for fn, sink in order:
+            sink.append(timed(lambda fn=fn: [fn() for _ in range(inner)]) / inner)
+    return a_times, b_times
+
+
 def interleaved_ratio(candidate: Callable[[], Any], baseline: Callable[[], Any], *, rounds: int = 15,
                       inner: int = 5, warmup: int = 2) -> dict[str, float]:
     """Median over rounds of (candidate time / baseline time), A and B alternating so that
@@ -122,3 +140,32 @@ def figure(name: str, value: float, limit: float | None, *, better: str = "lower
 
 def emit(benchmark: str, figures: list[dict[str, Any]]) -> None:
     print(json.dumps({"benchmark": benchmark, "figures": figures}, indent=2))
+
+
+def ratio_interval(candidate: list[float], baseline: list[float], *, resamples: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> dict[str, float]:
+    """The ratio of medians candidate / baseline, with a paired bootstrap interval: rounds
+    (each a candidate and a baseline timed side by side) are resampled with replacement.
+    The interval's width is what the figure can resolve on this machine: a gated figure
+    whose interval is wider than its margin to the limit is a defect of the bench."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(candidate)
+    value = statistics.median(candidate) / statistics.median(baseline)
+    draws = []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        draws.append(statistics.median(candidate[i] for i in picks) / statistics.median(baseline[i] for i in picks))
+    draws.sort()
+    low, high = draws[int((1 - level) / 2 * resamples)], draws[int((1 + level) / 2 * resamples) - 1]
+    return {"ratio": value, "low": round(low, 4), "high": round(high, 4), "rounds": n,
+            "candidate_s": statistics.median(candidate), "baseline_s": statistics.median(baseline)}
+
+
+def interval_figure(name: str, result: dict[str, float], limit: float | None, **extra: Any) -> dict[str, Any]:
+    """A figure from :func:`ratio_interval`: its value, interval, and whether the interval
+    is narrow enough to resolve the limit (``resolves``: the limit lies outside it)."""
+    resolves = None if limit is None else not (result["low"] <= limit <= result["high"])
+    return figure(name, result["ratio"], limit, interval=[result["low"], result["high"]], rounds=result["rounds"],
+                  resolves=resolves, **extra)

@@ -2,7 +2,9 @@
 equivalent, and convert() on vgg16 is quick.
 
 * eager latency ratio converted / hand-written, vgg16 at batch 1 (224x224) with the
-  seed's DropoutHook (a Dropout2d after every Conv2d), limit 1.02 (issue 16);
+  seed's DropoutHook (a Dropout2d after every Conv2d), limit 1.02 (issue 16): the ratio of
+  the medians with a paired bootstrap interval (issue 28), and beside it the noise floor
+  (a hand-written vgg16 against its twin) over as many rounds;
 * the same on a 50-layer MLP (width 512, batch 1, a ReLU after every Linear) with a
   lambda ``o * 1.5`` hooked on every Linear, against a hand-written Linear, Mul, ReLU
   stack; the hand-written sides share the converted model's weight tensors, so that only
@@ -26,7 +28,16 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _common import emit, figure, interleaved_ratio, spread, timed
+from _common import (
+    emit,
+    figure,
+    interleaved_ratio,
+    interleaved_times,
+    interval_figure,
+    ratio_interval,
+    spread,
+    timed,
+)
 from helpers import DropoutHook, build
 from torch import nn
 
@@ -42,6 +53,9 @@ class HandDropout2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout2d(x, self.p, True, False)
+
+
+VGG_ROUNDS = 81
 
 
 def hand_vgg16(weights_of: nn.Module) -> nn.Module:
@@ -143,9 +157,9 @@ def main() -> None:
     unchecked = convert_without_check(hooked, x)
     converted = hw.convert(hooked, (x,))
     hand = hand_vgg16(converted)
-    vgg = interleaved_ratio(lambda: converted(x), lambda: hand(x), rounds=81, inner=2)
-    hand_twin = hand_vgg16(converted)
-    vgg_floor = interleaved_ratio(lambda: hand_twin(x), lambda: hand(x), rounds=11, inner=1)
+    vgg = ratio_interval(*interleaved_times(lambda: converted(x), lambda: hand(x), rounds=VGG_ROUNDS, inner=2))
+    hand_twin = hand_vgg16(converted)  # the noise floor, with as many rounds as the figure
+    vgg_floor = ratio_interval(*interleaved_times(lambda: hand_twin(x), lambda: hand(x), rounds=VGG_ROUNDS, inner=2))
 
     xm = torch.randn(1, 512)
     mlp_hooked = mlp()
@@ -158,12 +172,10 @@ def main() -> None:
     floor = interleaved_ratio(lambda: mlp_copy(xm), lambda: mlp_hand(xm), rounds=41, inner=50)
 
     emit("convert", [
-        figure("eager_latency_ratio_vgg16_b1", vgg["ratio"], 1.02, baseline="hand-written vgg16 + Dropout2d",
-               candidate_ms=vgg["candidate_s"] * 1e3, baseline_ms=vgg["baseline_s"] * 1e3,
-               **{k: vgg[k] for k in ("min", "max", "rounds")}),
-        figure("eager_latency_ratio_vgg16_b1_noise_floor", vgg_floor["ratio"], None,
-               baseline="a second hand-written vgg16 (same weights) against the first",
-               **{k: vgg_floor[k] for k in ("min", "max", "rounds")}),
+        interval_figure("eager_latency_ratio_vgg16_b1", vgg, 1.02, baseline="hand-written vgg16 + Dropout2d",
+                        candidate_ms=vgg["candidate_s"] * 1e3, baseline_ms=vgg["baseline_s"] * 1e3),
+        interval_figure("eager_latency_ratio_vgg16_b1_noise_floor", vgg_floor, None,
+                        baseline="a second hand-written vgg16 (same weights) against the first"),
         figure("eager_latency_ratio_mlp50_b1", mlp_ratio["ratio"], 1.02,
                baseline="hand-written 50-layer MLP: Linear, Mul, ReLU",
                candidate_us=mlp_ratio["candidate_s"] * 1e6, baseline_us=mlp_ratio["baseline_s"] * 1e6,
