@@ -235,15 +235,27 @@ def _console() -> Any:
     return console
 
 
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7f, 0xa0)], "?")
+
+
+def _shown(text: object) -> str:
+    """Text from a file, safe to print: control characters (terminal escapes) replaced and
+    rich markup escaped, so a file can neither style nor link the terminal."""
+    from rich.markup import escape
+
+    return escape(str(text).translate(_CONTROL))
+
+
 def _table(title: str, rows: list[list[str]], *, fail_column: int | None = None) -> Any:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_lines=False, show_header=any(rows[0]))
+    # Cells may hold text from files (names, details): shown inert, never as markup or escapes.
+    table = Table(title=_shown(title), title_justify="left", show_lines=False, show_header=any(rows[0]))
     for header in rows[0]:
-        table.add_column(header, overflow="fold")
+        table.add_column(_shown(header), overflow="fold")
     for row in rows[1:]:
         style = "red" if fail_column is not None and row[fail_column] == "FAIL" else None
-        table.add_row(*row, style=style)
+        table.add_row(*(_shown(cell) for cell in row), style=style)
     return table
 
 
@@ -295,11 +307,11 @@ def _parity(console: Any, reference: Any, onnx_path: str, inputs: Any, quiet: bo
 def _show_report(console: Any, report: Any) -> None:
     console.print(_table(f"parity ({report.mode}, {report.reference} reference)", report.rows(), fail_column=2))
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {_shown(note)}")
     for warning in report.warnings:
-        console.print(f"[yellow]warning: {warning}[/yellow]")
+        console.print(f"[yellow]warning: {_shown(warning)}[/yellow]")
     style = "bold green" if report else "bold red"
-    console.print(f"[{style}]{report.summary()}[/{style}]")
+    console.print(f"[{style}]{_shown(report.summary())}[/{style}]")
 
 
 # --------------------------------------------------------------------------------------
@@ -352,7 +364,7 @@ def _inspect_file(args: argparse.Namespace) -> int:
     if _quiet(args):
         return EXIT_OK
     console = _console()
-    console.print(_table(title, rows) if len(rows) > 1 else title)
+    console.print(_table(title, rows) if len(rows) > 1 else _shown(title))
     return EXIT_OK
 
 
@@ -420,7 +432,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 ["exporter", result.exporter], ["seconds", f"{result.seconds:.1f}"]]
         console.print(_table("export", [["", ""]] + rows))
         for note in result.notes:
-            console.print(f"note: {note}")
+            console.print(f"note: {_shown(note)}")
         console.print(_files_table(result.files))
         if report is not None:
             _show_report(console, report)
@@ -462,7 +474,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(report.bisect.summary())
     for path in (args.json, args.junit, args.plot):
         if path and path != "-" and Path(path).exists():
-            console.print(f"wrote {path}")
+            console.print(f"wrote {_shown(path)}")
     return _verdict(args, report, console)
 
 
@@ -506,7 +518,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         return EXIT_OK
     console.print(_table(f"recorded {args.output}", [["", ""]] + [[k, str(v)] for k, v in summary.items()]))
     for warning in meta["warnings"]:
-        console.print(f"warning: {warning}")
+        console.print(f"warning: {_shown(warning)}")
     console.print(_files_table([Path(args.output)]))
     return EXIT_OK
 

@@ -765,3 +765,28 @@ def test_external_data_inside_local_functions_is_checked(tmp_path):
     path.write_bytes(model.SerializeToString())
     with pytest.raises(hw.HookwrapError, match="outside.bin"):
         hw.check_parity(small_cnn(), path, (torch.zeros(()),))
+
+
+def test_inspect_of_a_hostile_file_prints_no_escape_or_markup(tmp_path):
+    """hookwrap inspect FILE shows text the file chose (action details, the model name):
+    terminal escapes and rich markup in it are printed as inert characters."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from crafting import hooked_small, rewrite
+
+    good = hooked_small(tmp_path)
+
+    def poison(manifest):
+        manifest["model"] = "Net\x1b]8;;file:///etc/passwd\x1b\\[link=https://evil]click[/link]"
+        for action in manifest["converted"]:
+            action["detail"] = "\x1b[2J[bold red]wiped[/bold red]\x07"
+
+    rewrite(good, tmp_path / "evil.safetensors", manifest_fn=poison)
+    cli = Path(sys.executable).parent / "hookwrap"
+    proc = subprocess.run([str(cli), "inspect", str(tmp_path / "evil.safetensors")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TERM": "xterm", "FORCE_COLOR": "1", "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b]8" not in proc.stdout and "\x1b[2J" not in proc.stdout and "\x07" not in proc.stdout
+    assert "[bold red]wiped[/bold red]" in proc.stdout and "[link=https://evil]" in proc.stdout
