@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, emit, figure, run_measured, spread
+from _common import ROOT, emit, figure, interval_figure, ratio_interval, run_measured, spread
 from torch import nn
 
 import hookwrap as hw
@@ -90,8 +90,8 @@ def gate_figures(folder: Path) -> list[dict]:
     medians = {k: round(statistics.median(v), 3) for k, v in times.items()}
     peak_mb = {k: round(statistics.median(v) / 1e6, 1) for k, v in rss.items()}
     return [
-        figure("gate_golden_time_ratio_vs_polygraphy_r18", statistics.median(golden), 1.0, **spread(golden),
-               seconds=medians),
+        interval_figure("gate_golden_time_ratio_vs_polygraphy_r18", ratio_interval(times["golden"], times["polygraphy"]),
+                        1.0, per_round=spread(golden), seconds=medians),
         figure("gate_golden_peak_rss_ratio_vs_polygraphy_r18", statistics.median(memory), None, **spread(memory),
                peak_rss_mb=peak_mb),
         figure("check_reference_time_ratio_vs_polygraphy_r18", statistics.median(reference), None, **spread(reference),
