@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.onnx.verification
-from _common import emit, figure, timed
+from _common import emit, interval_figure, ratio_interval, timed
 from helpers import build
 
 import hookwrap as hw
@@ -51,9 +51,9 @@ def main() -> None:
             pair = [(candidate, ours), (baseline, theirs)]
             for fn, sink in (pair if r % 2 == 0 else pair[::-1]):
                 sink.append(timed(fn))
-    ratio = statistics.median(ours) / statistics.median(theirs)
-    emit("bisect", [figure("bisect_time_ratio_vs_verify_onnx_program_resnet18", ratio, 0.1,
-                           bisect_s=statistics.median(ours), verify_onnx_program_s=statistics.median(theirs))])
+    emit("bisect", [interval_figure("bisect_time_ratio_vs_verify_onnx_program_resnet18", ratio_interval(ours, theirs),
+                                    0.1, bisect_s=statistics.median(ours),
+                                    verify_onnx_program_s=statistics.median(theirs))])
 
 
 if __name__ == "__main__":
