@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from _common import emit, figure, spread, timed
+from _common import emit, interval_figure, ratio_interval, spread, timed
 from helpers import build
 from torch import nn
 
@@ -86,9 +86,9 @@ def main() -> None:
                 t_hw.append(got["hw"])
                 t_bare.append(got["bare"])
                 ratios.append(got["hw"] / got["bare"])
-        figures.append(figure(f"journey_time_ratio_{name}", statistics.median(ratios), 1.05, **spread(ratios),
-                              hookwrap_s=statistics.median(t_hw), bare_s=statistics.median(t_bare),
-                              ratio_of_medians=round(statistics.median(t_hw) / statistics.median(t_bare), 4)))
+        figures.append(interval_figure(f"journey_time_ratio_{name}", ratio_interval(t_hw, t_bare), 1.05,
+                                       per_round=spread(ratios), hookwrap_s=statistics.median(t_hw),
+                                       bare_s=statistics.median(t_bare)))
     emit("journey", figures)
 
 
