@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from _common import ROOT, emit, figure, interval_figure, ratio_interval, run_measured, spread
+from helpers import requirement_closure
 from torch import nn
 
 import hookwrap as hw
@@ -119,33 +120,11 @@ def install_figures(folder: Path) -> list[dict]:
                     "--no-index", "--find-links", str(ROOT / ".venv" / "gate-wheels"), *map(str, dist.glob("*.whl"))],
                    check=True, capture_output=True)
     gate = _tree_bytes(venv) - empty
-    extra = _closure(["torch", "torchvision", "onnxscript"]) - _closure(metadata.requires("hookwrap") or [])
+    extra = requirement_closure(["torch", "torchvision", "onnxscript"]) - requirement_closure(metadata.requires("hookwrap") or [])
     extra_bytes = sum(path.stat().st_size for name in extra for file in metadata.distribution(name).files or []
                       if (path := Path(str(file.locate()))).is_file())
     return [figure("gate_install_mb", gate / 1e6, None, torch_extra_adds_mb=round(extra_bytes / 1e6, 1),
                    torch_extra_packages=len(extra))]
-
-
-def _closure(requirements: list[str]) -> set[str]:
-    """The installed distributions that ``requirements`` pull in (markers that name no extra)."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    seen: set[str] = set()
-    todo = [Requirement(r) for r in requirements]
-    while todo:
-        req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
-        if req.name.lower() in seen:
-            continue
-        seen.add(req.name.lower())
-        try:
-            todo += [Requirement(r) for r in metadata.distribution(req.name).requires or []]
-        except metadata.PackageNotFoundError:
-            pass
-    return seen
 
 
 def seed_model() -> tuple[nn.Module, tuple]:

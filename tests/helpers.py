@@ -71,3 +71,32 @@ def small_cnn(seed: int = 0) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
     ).eval()
+
+
+def requirement_closure(requirements: list[str], extras: tuple[str, ...] = ()) -> set[str]:
+    """The installed distributions that ``requirements`` pull in, transitively (names
+    normalised as pip does), following only requirements whose markers hold."""
+    import re
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), extras) for r in requirements]
+    while todo:
+        req, wanted = todo.pop()
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or ("",))):
+            continue
+        name = norm(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            continue  # pip check reports it; the caller compares against that report
+        todo += [(Requirement(r), tuple(req.extras)) for r in dist.requires or []]
+    return seen

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from helpers import ROOT
+from helpers import ROOT, requirement_closure
 
 
 def run_example(name, tmp_path, *args, timeout=900):
@@ -122,35 +122,6 @@ def test_the_ci_examples_gate_without_torch(tmp_path):
     assert (tmp_path / "parity.xml").exists() and (tmp_path / "parity.json").exists()
 
 
-def _closure(requirements: list[str], extras: tuple[str, ...] = ()) -> set[str]:
-    """The installed distributions that ``requirements`` pull in, transitively (names
-    normalised as pip does), following only requirements whose markers hold."""
-    import re
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
-    seen: set[str] = set()
-    todo = [(Requirement(r), extras) for r in requirements]
-    while todo:
-        req, wanted = todo.pop()
-        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or ("",))):
-            continue
-        name = norm(req.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            continue  # pip check reports it; the caller compares against that report
-        todo += [(Requirement(r), tuple(req.extras)) for r in dist.requires or []]
-    return seen
-
-
 def test_the_torch_free_install_in_a_fresh_venv_runs_the_gate(tmp_path):
     """`pip install hookwrap` (the wheel, no extras) in a new venv, from the wheels that make
     install keeps (no network): pip check is clean, torch is absent, and the gate runs as the
@@ -226,7 +197,7 @@ def test_pip_check_reports_nothing_about_hookwrap_torch(tmp_path):
     import re
     from importlib import metadata
 
-    needed = _closure([r for r in metadata.requires("hookwrap") or []
+    needed = requirement_closure([r for r in metadata.requires("hookwrap") or []
                        if "extra ==" not in r or 'extra == "torch"' in r], extras=("torch",))
     assert {"torch", "onnxscript", "onnxruntime", "safetensors"} <= needed
     proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
