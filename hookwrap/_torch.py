@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module_mod
 from torch.utils import _pytree
 
-__all__ = ["eval_mode", "seeded_run", "inputs_like", "quiet", "batch_of_two", "unwrap_hook", "resized",
+__all__ = ["eval_mode", "forked_rng", "reseed", "seeded_run", "inputs_like", "quiet", "batch_of_two", "unwrap_hook", "resized",
            "other_sizes"]
 
 # The loggers (and warning sources) of torch and its ONNX exporter: quiet() silences these only.
@@ -82,11 +82,34 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+
+
+def forked_rng() -> contextlib.AbstractContextManager:
+    """torch's RNG state saved and restored around a block: the CPU generator, and every
+    CUDA device's once CUDA is in use (the devices ``reseed`` seeds)."""
+    return torch.random.fork_rng(devices=_cuda_devices())
+
+
+def reseed(seed: int) -> None:
+    """Seed the generators ``forked_rng`` restores, and no other.
+
+    ``torch.manual_seed`` does the same on the CPU, and beside it queues a seed for a CUDA
+    start that has not happened, formatting a stack trace each time (0.7 ms a call with the
+    CUDA wheel, a tenth of ``hw.convert``'s time on vgg16) and changing the seed a later
+    CUDA start would get, which ``forked_rng`` cannot restore. The CPU stream is the same:
+    ``reseed(s)`` then ``torch.rand(3)`` draws what ``torch.manual_seed(s)`` would."""
+    torch.default_generator.manual_seed(seed)
+    for device in _cuda_devices():
+        torch.cuda.default_generators[device].manual_seed(seed)
+
+
 def seeded_run(model: nn.Module, inputs: tuple, seed: int, kwargs: dict[str, Any] | None = None) -> Any:
     """``model(*inputs, **kwargs)`` in eval mode without autograd, with torch's RNG seeded by
     ``seed`` and the caller's RNG state restored afterwards."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
-        torch.manual_seed(seed)
+    with forked_rng(), torch.no_grad(), eval_mode(model):
+        reseed(seed)
         return model(*inputs, **(kwargs or {}))
 
 
@@ -96,7 +119,9 @@ def resized(value: Tensor, dim: int, size: int) -> Tensor:
     n = value.shape[dim]
     if size <= n:
         return value.narrow(dim, 0, size).clone()
-    return torch.cat([value] * -(-size // n), dim).narrow(dim, 0, size).clone()
+    tiles = -(-size // n)
+    tiled = torch.cat([value] * tiles, dim)  # a new tensor: cut (and copied) only if it is too long
+    return tiled if tiles * n == size else tiled.narrow(dim, 0, size).clone()
 
 
 def _other(size: int, spatial: bool) -> int:

@@ -33,6 +33,7 @@ from torch.utils import _pytree
 from . import wrappers as W
 from ._fs import write_json
 from ._onnx import OnnxFile, open_session, read_onnx, run_session
+from ._torch import forked_rng, reseed
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare_exact
 from .errors import HookwrapError, InvalidArgumentError
 from .parity_inputs import signature
@@ -176,8 +177,8 @@ def _torch_outputs(model: nn.Module, args: tuple, mode: Any) -> tuple[list[tuple
     try:
         for path, module in model.named_modules():
             handles.append(module.register_forward_hook(make(path)))
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), mode:
-            torch.manual_seed(0)
+        with forked_rng(), torch.no_grad(), mode:
+            reseed(0)
             model(*args)
     finally:
         for handle in handles:

@@ -47,7 +47,7 @@ from torch.utils import _pytree
 from . import _tree
 from . import wrappers as W
 from ._diff import first_difference
-from ._torch import batch_of_two, quiet, resized, seeded_run, unwrap_hook
+from ._torch import batch_of_two, forked_rng, quiet, reseed, resized, seeded_run, unwrap_hook
 from .errors import InvalidArgumentError
 from .inventory import HookInfo
 from .report import Plan
@@ -369,13 +369,26 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
         primary = _primary(site, inputs)
     except _NoMatch:
         return True
+    where = -1 if site.position == "post" else 0
+
+    def grown(dim: int) -> tuple:  # new tensors on every call: the recorded ones are never handed out
+        tree = list(inputs)
+        tree[where] = W.map_primary(tree[where], functools.partial(resized, dim=dim, size=primary.shape[dim] + 3))
+        new = _primary(site, tuple(tree))
+        return _pytree.tree_map(lambda v: v.detach().clone() if isinstance(v, Tensor) and v is not new else v,
+                                tuple(tree))
+
     for dim in range(primary.dim()):
-        size = primary.shape[dim] + 3
-        grown = list(inputs)
-        where = -1 if site.position == "post" else 0
-        grown[where] = W.map_primary(grown[where], functools.partial(resized, dim=dim, size=size))
+        # The four runs (hook and module, in each mode) share one grown input while none
+        # writes into it; from the first run that does, each run gets its own.
+        shared, writes = grown(dim), False
+        versions = _versions(shared)
         for training in (False, True):
-            ran = _both(site, wrapper, functools.partial(_clone_tree, tuple(grown)), training)
+            ran = None if writes else _both(site, wrapper, lambda: shared, training)
+            if not writes and _versions(shared) != versions:
+                writes = True
+            if writes:
+                ran = _both(site, wrapper, functools.partial(grown, dim), training)
             if isinstance(ran, str) or (ran is not None and first_difference(*ran) is not None):
                 return False
     return True
@@ -401,13 +414,13 @@ def _at_size(site: Site, wrapper: W.CapturedHook, leaves: list, spec: Any, like:
 def _both(site: Site, wrapper: W.Wrapper, inputs: Callable[[], Any], training: bool) -> tuple[Any, Any] | str | None:
     """``(wrapper's result, hook's result)`` on fresh copies of the inputs under the same
     seed; a string if the wrapper fails, None if the hook itself fails on these inputs."""
-    with _host_mode(site, wrapper, training), torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(_SEED)
+    with _host_mode(site, wrapper, training), forked_rng(), torch.no_grad():
+        reseed(_SEED)
         try:
             expected = _run_hook(site, inputs())
         except Exception:
             return None
-        torch.manual_seed(_SEED)
+        reseed(_SEED)
         try:
             got = _run_wrapper(site, wrapper, inputs())
         except Exception as exc:
@@ -587,7 +600,7 @@ def _trace_chain(site: Site, call: Call, training: bool) -> list[tuple[str, dict
     inputs = _fresh(call)
     start = _primary(site, inputs)
     try:
-        with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+        with _host_mode(site, None, training), forked_rng(), torch.no_grad():
             with _Trace() as trace:
                 result = _run_hook(site, inputs)
     except Exception:  # the hook itself fails in this mode: not a pattern we can name
@@ -690,7 +703,7 @@ def _mode_dependent(site: Site, call: Call) -> bool:
     for training in (True, False):
         inputs = _fresh(call)
         try:
-            with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+            with _host_mode(site, None, training), forked_rng(), torch.no_grad():
                 with _Trace() as trace:
                     _run_hook(site, inputs)
         except Exception:
@@ -1003,7 +1016,7 @@ def _capture(site: Site, call: Call, *, bake_plain: bool, budget: int) -> W.Capt
 
     inputs = _clone_tree(call.inputs)
     tree = tuple(inputs)
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), _host_mode(site, None, False):
+    with forked_rng(), torch.no_grad(), _host_mode(site, None, False):
         result = _run_hook(site, _clone_tree(tree))
     try:
         leaves, in_spec = _tree.flatten(tree)
@@ -1131,8 +1144,8 @@ def _passes_other_kwargs(site: Site, call: Call) -> bool:
         inputs = list(_fresh(call))
         if add:
             inputs[1] = {**inputs[1], key: extra}
-        with _host_mode(site, None, False), torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(_SEED)
+        with _host_mode(site, None, False), forked_rng(), torch.no_grad():
+            reseed(_SEED)
             try:
                 results.append(_run_hook(site, tuple(inputs)))
             except Exception:
@@ -1170,7 +1183,7 @@ def _classify_calls(calls: list[Call]) -> Outcome | None:
 def _validate_noop(site: Site, calls: list[Call]) -> bool:
     for call in calls:
         for training in (False, True):
-            with _host_mode(site, None, training), torch.random.fork_rng(devices=[]), torch.no_grad():
+            with _host_mode(site, None, training), forked_rng(), torch.no_grad():
                 inputs = _clone_tree(call.inputs)
                 original = _clone_tree(call.inputs)
                 result = _run_hook(site, inputs)

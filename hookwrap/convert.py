@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import wrappers as W
 from ._diff import Difference, first_difference
-from ._torch import eval_mode, inputs_like, other_sizes, seeded_run
+from ._torch import eval_mode, forked_rng, inputs_like, other_sizes, reseed, seeded_run
 from ._txn import deepcopy_model, preserved, transaction
 from .errors import Blocker, HookwrapError, InvalidArgumentError, UnconvertibleHookError
 from .inventory import HookInfo, list_hooks
@@ -238,8 +238,8 @@ def _generate(model: nn.Module, ids: Tensor, seed: int) -> Any:
         pad = getattr(config, "eos_token_id", None)
     if isinstance(pad, (list, tuple)):
         pad = pad[0] if pad else None
-    with preserved(model), torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
-        torch.manual_seed(seed)
+    with preserved(model), forked_rng(), torch.no_grad(), eval_mode(model):
+        reseed(seed)
         out = model.generate(  # type: ignore[operator]
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=GENERATE_TOKENS, min_new_tokens=GENERATE_TOKENS,
             do_sample=False, use_cache=True, output_scores=True, return_dict_in_generate=True, pad_token_id=pad)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree
 
 from . import parity_inputs as PI
-from ._torch import eval_mode
+from ._torch import eval_mode, forked_rng, reseed
 from ._txn import deepcopy_model, preserved
 from .errors import InvalidArgumentError
 
@@ -99,10 +99,10 @@ class ModelReference:
 
     def outputs(self, arrays: tuple[np.ndarray, ...], seed: int | None, watch: SeededOps | None = None) -> list[np.ndarray]:
         """Every tensor the model returns (in pytree order), as numpy arrays."""
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), \
+        with forked_rng(), torch.no_grad(), \
                 (watch.mode if watch else contextlib.nullcontext()):
             if seed is not None:
-                torch.manual_seed(seed)
+                reseed(seed)
             out = self.model(*self.args(arrays))
         return [v.detach().cpu().numpy() for v in _pytree.tree_leaves(out) if isinstance(v, Tensor)]
 
@@ -112,7 +112,7 @@ class ModelReference:
         ``randomness="different"``: every copy runs as its own call (a batch-wide reduction
         sees one copy, as in a call of its own) and draws its own randomness, so the draws
         are distributed as ``n`` separate calls, and the weights are read once per chunk,
-        not once per draw. Chunk ``c`` runs under ``torch.manual_seed(seed + c)``. None when
+        not once per draw. Chunk ``c`` runs under ``reseed(seed + c)``. None when
         vmap cannot run the model, or its outputs do not look like ``like`` (a plain call's):
         the caller then makes the draws one call at a time."""
         leaves, spec = _pytree.tree_flatten(self.args(arrays))
@@ -123,10 +123,10 @@ class ModelReference:
 
         batched = torch.func.vmap(call, randomness="different")
         draws: list[list[np.ndarray]] = []
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with forked_rng(), torch.no_grad():
             for c, start in enumerate(range(0, n, VMAP_CHUNK)):
                 m = min(VMAP_CHUNK, n - start)
-                torch.manual_seed(seed + c)
+                reseed(seed + c)
                 try:
                     outs = batched(*(leaf.unsqueeze(0).expand(m, *leaf.shape) for leaf in leaves))
                 except Exception:  # an op or a hook that vmap cannot run: one call per draw instead

@@ -269,6 +269,24 @@ def test_a_recognised_pattern_that_branches_on_a_size_is_captured_instead():
     check_equal_in_both_modes(model, converted, x)
 
 
+def test_the_size_check_gives_each_run_its_own_input_once_a_run_writes_into_it():
+    """The size check runs the hook and the module on one shared grown input while neither
+    writes into it. This hook zeroes its output in place for a batch larger than at the
+    recording: had the module then run on the zeroed tensor, a Dropout would have agreed
+    with it (zeros stay zeros) and stood in for the hook."""
+    from hookwrap import capture
+
+    model = small()
+    model[0].register_forward_hook(lambda m, a, o: o.mul_(0) if o.shape[0] > 2 else F.dropout(o, 0.3, True))
+    [info] = [h for h in hw.inventory(model) if h.path == "0"]
+    site = capture.Site(info, "0", model[0], "post", False)
+    calls, _ = capture.record(model, (torch.randn(2, 3, 8, 8),), [site], seed=0)
+    [call] = calls[site.key]
+    dropout = W.Dropout(0.3, always=True)
+    assert capture._validate(site, dropout, [call]) is None  # at the recorded size, the hook is this Dropout
+    assert not capture._sizes_agree(site, dropout, call)  # at batch 5 it zeroes instead
+
+
 class Layer(nn.Module):
     """A layer called with keyword flags, as transformers calls its decoder layers."""
 

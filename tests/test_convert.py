@@ -499,3 +499,26 @@ def test_call_options_are_checked_on_request_and_reported():
     for bad in ({"features": True}, [("features", True)], "features"):
         with pytest.raises(hw.InvalidArgumentError, match="call_options"):
             hw.convert(model, (x,), call_options=bad)
+
+
+def test_convert_leaves_torch_rng_as_it_found_it_and_queues_no_cuda_seed():
+    """hookwrap's seeded runs draw what ``torch.manual_seed`` would on the CPU, restore the
+    caller's generator afterwards, and do not queue a seed for a CUDA start (which
+    ``torch.manual_seed`` does, formatting a stack trace each time; the CUDA wheel here
+    has no GPU, so such a seed would change the seed a later CUDA start gets)."""
+    from hookwrap._torch import reseed
+
+    reseed(7)
+    ours = torch.rand(5)
+    torch.manual_seed(7)
+    assert torch.equal(ours, torch.rand(5))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    model[0].register_forward_hook(lambda m, a, o: F.dropout2d(o, 0.25, True, False))
+    x = torch.randn(2, 3, 8, 8)
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls())
+    state = torch.get_rng_state()
+    converted = hw.convert(model, (x,))
+    assert isinstance(converted[0].hookwrap_post[0], W.Dropout2d)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert list(torch.cuda._lazy_seed_tracker.get_calls()) == queued
