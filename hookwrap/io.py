@@ -558,7 +558,8 @@ def _load_into(model: nn.Module, header: Header, *, strict: bool, verify: bool) 
                                 if (dtype := _DTYPES[d][0]) is not None)
             _install_from_manifest(model, header.manifest["wrappers"], name, budget)
         plain = model.state_dict()
-        state = {**plain, **_wrapper_tensors(model)}
+        owned = _wrapper_tensors(model)
+        state = {**plain, **owned}
         missing = _check_keys(name, header, state, strict, model)
         on_meta = _meta_tensors(model)
         if on_meta:  # a base built on the meta device gets the file's tensors, mapped, in place of its own
@@ -566,7 +567,6 @@ def _load_into(model: nn.Module, header: Header, *, strict: bool, verify: bool) 
         tensors = _read_tensors(header, set(header.tensors))
         if verify:
             _verify_tensors(header, tensors, header.manifest["_digests"])  # type: ignore[index]
-        owned = _wrapper_tensors(model)
         with torch.no_grad():
             for key in [k for k in tensors if k in owned]:  # a wrapper's own tensors, whatever state_dict says
                 owned[key].copy_(tensors.pop(key))
@@ -585,7 +585,11 @@ def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _meta_tensors(model: nn.Module) -> list[str]:
-    """The names of ``model``'s parameters and buffers on the meta device."""
+    """The names of ``model``'s parameters and buffers on the meta device (a fast check
+    first: the names are needed only when there are some)."""
+    if not any(t.is_meta for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+               if t is not None):
+        return []
     return [k for k, t in _named_tensors(model) if t.is_meta]
 
 
