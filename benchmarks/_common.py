@@ -163,9 +163,24 @@ def ratio_interval(candidate: list[float], baseline: list[float], *, resamples: 
             "candidate_s": statistics.median(candidate), "baseline_s": statistics.median(baseline)}
 
 
+def median_interval(samples: list[float], *, resamples: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> dict[str, float]:
+    """The median of ``samples`` (seconds of one thing, timed repeatedly), with a bootstrap
+    interval: for a figure with a limit but no baseline to divide by."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(samples)
+    draws = sorted(statistics.median(samples[rng.randrange(n)] for _ in range(n)) for _ in range(resamples))
+    low, high = draws[int((1 - level) / 2 * resamples)], draws[int((1 + level) / 2 * resamples) - 1]
+    return {"value": statistics.median(samples), "low": round(low, 4), "high": round(high, 4), "rounds": n}
+
+
 def interval_figure(name: str, result: dict[str, float], limit: float | None, **extra: Any) -> dict[str, Any]:
-    """A figure from :func:`ratio_interval`: its value, interval, and whether the interval
-    is narrow enough to resolve the limit (``resolves``: the limit lies outside it)."""
+    """A figure from :func:`ratio_interval` or :func:`median_interval`: its value, interval,
+    and whether the interval is narrow enough to resolve the limit (``resolves``: the limit
+    lies outside it)."""
     resolves = None if limit is None else not (result["low"] <= limit <= result["high"])
-    return figure(name, result["ratio"], limit, interval=[result["low"], result["high"]], rounds=result["rounds"],
-                  resolves=resolves, **extra)
+    value = result["ratio"] if "ratio" in result else result["value"]
+    fields = {"interval": [result["low"], result["high"]], "rounds": result["rounds"], "resolves": resolves}
+    return figure(name, value, limit, **{**extra, **fields})

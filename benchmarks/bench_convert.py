@@ -11,10 +11,11 @@ equivalent, and convert() on vgg16 is quick.
   call overhead differs, and the noise floors (a hand-written model against its twin) are
   reported beside the ratios; limit 1.02;
 * wall time of hw.convert on the hooked vgg16 (example batch 1, 224x224): the first call
-  in a process (the median over 5 fresh processes, with the min and max: one sample
-  moved from 1.1 to 2.3 s with the machine's state) and the median of 5 calls in this
-  process (the first of which is also its first), limit 2 s; and the cost of convert's end-to-end check (issue 13): the
-  median convert time with and without it.
+  in a process (the median over 7 fresh processes, with the min and max: one sample
+  moved from 1.1 to 2.3 s with the machine's state) and the median of 7 calls in this
+  process (the first of which is also its first), each with its bootstrap interval,
+  limit 2 s; and the cost of convert's end-to-end check (issue 13): the median convert
+  time with and without it.
 Every ratio is the median of interleaved rounds, with its min and max.
 """
 
@@ -33,6 +34,7 @@ from _common import (
     figure,
     interleaved_times,
     interval_figure,
+    median_interval,
     ratio_interval,
     spread,
     timed,
@@ -125,7 +127,8 @@ def convert_without_check(hooked: nn.Module, x: torch.Tensor) -> float:
         convert_module._probes = original
 
 
-FIRST_CALL_PROCESSES = 5
+FIRST_CALL_PROCESSES = 7
+CONVERT_CALLS = 7
 
 
 def hooked_vgg16() -> tuple[nn.Module, torch.Tensor]:
@@ -153,7 +156,8 @@ def main() -> None:
     colds = first_calls()
     torch.set_grad_enabled(False)
     hooked, x = hooked_vgg16()
-    warm = statistics.median(timed(lambda: hw.convert(hooked, (x,))) for _ in range(5))
+    warms = [timed(lambda: hw.convert(hooked, (x,))) for _ in range(CONVERT_CALLS)]
+    warm = statistics.median(warms)
     unchecked = convert_without_check(hooked, x)
     converted = hw.convert(hooked, (x,))
     hand = hand_vgg16(converted)
@@ -182,9 +186,9 @@ def main() -> None:
                         candidate_us=mlp_ratio["candidate_s"] * 1e6, baseline_us=mlp_ratio["baseline_s"] * 1e6),
         interval_figure("eager_latency_ratio_mlp50_b1_noise_floor", floor, None,
                         baseline="the hand-written MLP against its own copy at other addresses"),
-        figure("convert_seconds_vgg16_first_call", statistics.median(colds), 2.0, **spread(colds),
-               note="median over fresh processes of the first call in each"),
-        figure("convert_seconds_vgg16_median", warm, 2.0),
+        interval_figure("convert_seconds_vgg16_first_call", median_interval(colds), 2.0, **spread(colds),
+                        note="median over fresh processes of the first call in each"),
+        interval_figure("convert_seconds_vgg16_median", median_interval(warms), 2.0, **spread(warms)),
         figure("convert_end_to_end_check_seconds_vgg16", warm - unchecked, None, convert_without_check_s=unchecked,
                note="the end-to-end check runs the converted model twice and the hooked one once more"),
     ])
