@@ -70,6 +70,10 @@ def main() -> int:
             continue
         for fig in figures:
             results.append({"benchmark": name, **fig})
+            if fig.get("limit") is not None:  # the gated figures as they come, not only at the end
+                interval = f" {fig['interval']}" if fig.get("interval") else ""
+                print(f"   {fig['name']} = {fig['value']:.4g}{interval} (limit {fig['limit']:g}): "
+                      f"{'pass' if fig['pass'] else 'FAIL'}", file=sys.stderr, flush=True)
         print(f"   {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if not only:
         minutes = (time.perf_counter() - started) / 60
