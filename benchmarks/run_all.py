@@ -10,6 +10,7 @@ if any figure misses its limit (or a script fails).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,6 +45,30 @@ def commit() -> str | None:
     return (proc.stdout.strip() + ("+uncommitted" if dirty else "")) if proc.returncode == 0 else None
 
 
+def _cpu_idle() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+def settle(max_wait: float = 120.0) -> float:
+    """Let the machine go quiet before a benchmark: flush pending writes (a run from a fresh
+    clone starts right after ``make install`` wrote gigabytes of venv, which the kernel may
+    still be writing back), then wait, at most ``max_wait`` seconds, for a second in which
+    the CPUs are at most 10 % busy. Returns the seconds it waited."""
+    start = time.perf_counter()
+    os.sync()
+    if not Path("/proc/stat").exists():
+        return time.perf_counter() - start
+    while time.perf_counter() - start < max_wait:
+        idle0, total0 = _cpu_idle()
+        time.sleep(1.0)
+        idle1, total1 = _cpu_idle()
+        if total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) <= 0.10:
+            break
+    return time.perf_counter() - start
+
+
 def main() -> int:
     only = sys.argv[1:]
     results, started = [], time.perf_counter()
@@ -52,7 +77,8 @@ def main() -> int:
         if only and name not in only:
             continue
         script = HERE / f"bench_{name}.py"
-        print(f"== {script.name}", file=sys.stderr, flush=True)
+        waited = settle()
+        print(f"== {script.name} (after {waited:.0f} s of settling)", file=sys.stderr, flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
         # The figures are the last thing a script prints; libraries may print before them.
