@@ -142,38 +142,39 @@ def emit(benchmark: str, figures: list[dict[str, Any]]) -> None:
     print(json.dumps({"benchmark": benchmark, "figures": figures}, indent=2))
 
 
+def _bootstrap(statistic: Callable[[list[int]], float], n: int, *, resamples: int, level: float,
+               seed: int) -> tuple[float, float]:
+    """The ``level`` percentile interval of ``statistic`` over ``resamples`` resamplings
+    (with replacement) of the indices ``0..n-1``."""
+    import random
+
+    rng = random.Random(seed)
+    draws = sorted(statistic([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    low, high = draws[int((1 - level) / 2 * resamples)], draws[int((1 + level) / 2 * resamples) - 1]
+    return round(low, 4), round(high, 4)
+
+
 def ratio_interval(candidate: list[float], baseline: list[float], *, resamples: int = 2000, level: float = 0.95,
                    seed: int = 0) -> dict[str, float]:
     """The ratio of medians candidate / baseline, with a paired bootstrap interval: rounds
     (each a candidate and a baseline timed side by side) are resampled with replacement.
     The interval's width is what the figure can resolve on this machine: a gated figure
     whose interval is wider than its margin to the limit is a defect of the bench."""
-    import random
-
-    rng = random.Random(seed)
-    n = len(candidate)
-    value = statistics.median(candidate) / statistics.median(baseline)
-    draws = []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        draws.append(statistics.median(candidate[i] for i in picks) / statistics.median(baseline[i] for i in picks))
-    draws.sort()
-    low, high = draws[int((1 - level) / 2 * resamples)], draws[int((1 + level) / 2 * resamples) - 1]
-    return {"ratio": value, "low": round(low, 4), "high": round(high, 4), "rounds": n,
-            "candidate_s": statistics.median(candidate), "baseline_s": statistics.median(baseline)}
+    low, high = _bootstrap(lambda picks: statistics.median(candidate[i] for i in picks)
+                           / statistics.median(baseline[i] for i in picks),
+                           len(candidate), resamples=resamples, level=level, seed=seed)
+    return {"ratio": statistics.median(candidate) / statistics.median(baseline), "low": low, "high": high,
+            "rounds": len(candidate), "candidate_s": statistics.median(candidate),
+            "baseline_s": statistics.median(baseline)}
 
 
 def median_interval(samples: list[float], *, resamples: int = 2000, level: float = 0.95,
                     seed: int = 0) -> dict[str, float]:
     """The median of ``samples`` (seconds of one thing, timed repeatedly), with a bootstrap
     interval: for a figure with a limit but no baseline to divide by."""
-    import random
-
-    rng = random.Random(seed)
-    n = len(samples)
-    draws = sorted(statistics.median(samples[rng.randrange(n)] for _ in range(n)) for _ in range(resamples))
-    low, high = draws[int((1 - level) / 2 * resamples)], draws[int((1 + level) / 2 * resamples) - 1]
-    return {"value": statistics.median(samples), "low": round(low, 4), "high": round(high, 4), "rounds": n}
+    low, high = _bootstrap(lambda picks: statistics.median(samples[i] for i in picks), len(samples),
+                           resamples=resamples, level=level, seed=seed)
+    return {"value": statistics.median(samples), "low": low, "high": high, "rounds": len(samples)}
 
 
 def interval_figure(name: str, result: dict[str, float], limit: float | None, **extra: Any) -> dict[str, Any]:

@@ -384,9 +384,10 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
         shared, writes = grown(dim), False
         versions = _versions(shared)
         for training in (False, True):
-            ran = None if writes else _both(site, wrapper, lambda: shared, training)
-            if not writes and _versions(shared) != versions:
-                writes = True
+            ran = None
+            if not writes:
+                ran = _both(site, wrapper, lambda: shared, training)
+                writes = _versions(shared) != versions
             if writes:
                 ran = _both(site, wrapper, functools.partial(grown, dim), training)
             if isinstance(ran, str) or (ran is not None and first_difference(*ran) is not None):
