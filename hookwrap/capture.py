@@ -371,25 +371,25 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
         return True
     where = -1 if site.position == "post" else 0
 
-    def grown(dim: int) -> tuple:  # new tensors on every call: the recorded ones are never handed out
-        tree = list(inputs)
+    def grown(dim: int, base: tuple) -> tuple:  # ``base`` is a copy: the recorded tensors are never handed out
+        tree = list(base)
         tree[where] = W.map_primary(tree[where], functools.partial(resized, dim=dim, size=primary.shape[dim] + 3))
-        new = _primary(site, tuple(tree))
-        return _pytree.tree_map(lambda v: v.detach().clone() if isinstance(v, Tensor) and v is not new else v,
-                                tuple(tree))
+        return tuple(tree)
 
+    # The runs (hook and module, in each mode, for each dimension) share one copy of the
+    # inputs, each dimension's grown tensor on top, while none writes into them; from the
+    # first run that does, each run gets its own copy.
+    base, writes = _clone_tree(inputs), False
     for dim in range(primary.dim()):
-        # The four runs (hook and module, in each mode) share one grown input while none
-        # writes into it; from the first run that does, each run gets its own.
-        shared, writes = grown(dim), False
-        versions = _versions(shared)
+        shared = None if writes else grown(dim, base)
         for training in (False, True):
             ran = None
-            if not writes:
+            if shared is not None and not writes:
+                versions = _versions(shared)
                 ran = _both(site, wrapper, lambda: shared, training)
                 writes = _versions(shared) != versions
             if writes:
-                ran = _both(site, wrapper, functools.partial(grown, dim), training)
+                ran = _both(site, wrapper, lambda: grown(dim, _clone_tree(inputs)), training)
             if isinstance(ran, str) or (ran is not None and first_difference(*ran) is not None):
                 return False
     return True

@@ -3,9 +3,9 @@
 :mod:`hookwrap.plan` decides what happens to each hook; this module carries the plan
 out in one transaction, then proves it: the converted model is run against the hooked
 one, end to end, seeded alike, and the whole output structure must be identical. The
-runs (:class:`_Probe`): the example inputs; a second input drawn like them; inputs whose
-non-batch sizes differ (sequence length, spatial size), where the hooked model accepts
-them; call options (for transformers models ``output_hidden_states=True``,
+runs (:class:`_Probe`): the example inputs; a second input drawn like them, with other
+non-batch sizes (sequence length, spatial size), or at the example's sizes where the
+hooked model refuses every other size; call options (for transformers models ``output_hidden_states=True``,
 ``output_attentions=True`` and ``return_dict=False``, or the caller's ``call_options``);
 and a short greedy ``generate()`` for models that generate. A difference, or a failure of
 the converted model where the hooked one runs, undoes everything and raises
@@ -39,7 +39,7 @@ from .strip import bake_hook, remove_hook, without_hooks
 __all__ = ["convert", "convert_in_place", "check_example_inputs", "TRANSFORMERS_CALL_OPTIONS", "GENERATE_TOKENS"]
 
 # The end-to-end check: the example inputs (run by the recording pass with RECORD_SEED when
-# there was one) and a second input drawn like them, each run with torch's RNG seeded alike
+# there was one) and a second input drawn like them (at other sizes), each run with torch's RNG seeded alike
 # on both sides, so that stochastic wrappers draw exactly what the hooks drew.
 CHECK_SEEDS = (RECORD_SEED, 5678)
 _MAX_SINGLE_CHECKS = 64
@@ -107,10 +107,13 @@ def convert_in_place(target: nn.Module, example: tuple | None, *, global_hooks: 
     plan = plan_conversion(target, example, global_hooks=global_hooks)
     if plan.blockers:
         raise UnconvertibleHookError(plan.blockers)
-    probes = _probes(target, example, full=second_input, call_options=call_options)
+    probes: list[_Probe] = []
     expected: list[Any] = []
     checks: list[Check] = []
-    for i, probe in enumerate(probes):
+    for i, probe in enumerate(_probes(target, example, full=second_input, call_options=call_options)):
+        if probe.fallback and any(p.resized and e is not _REFUSED for p, e in zip(probes, expected)):
+            continue  # a second input at other sizes ran: it stands in for this one
+        probes.append(probe)
         if i == 0 and plan.recorded:
             expected.append(plan.recorded_output)
             continue
@@ -175,7 +178,8 @@ class _Probe:
     """One run of the end-to-end check, the same on the hooked and the converted model.
 
     ``required`` runs (the example, the second input) must run on the hooked model; the
-    others are skipped when the hooked model refuses them."""
+    others are skipped when the hooked model refuses them. ``resized`` runs change the
+    example's sizes; a ``fallback`` run is made only when none of them ran."""
 
     what: str
     inputs: tuple
@@ -183,6 +187,8 @@ class _Probe:
     kwargs: dict[str, Any] = field(default_factory=dict)
     generate: bool = False
     required: bool = False
+    resized: bool = False
+    fallback: bool = False
 
     def run(self, model: nn.Module) -> Any:
         if self.generate:
@@ -200,10 +206,15 @@ def _probes(model: nn.Module, example: tuple | None, *, full: bool,
     probes = [_Probe("the example inputs", example, CHECK_SEEDS[0], required=True)]
     if not full:
         return probes
-    probes.append(_Probe("a second input drawn like the example", tuple(inputs_like(example, CHECK_SEEDS[1])),
-                         CHECK_SEEDS[1], required=True))
-    for grown, change in other_sizes(example):
-        probes.append(_Probe(f"an input with other sizes ({change})", grown, CHECK_SEEDS[1]))
+    # One run checks new values and new sizes together: a second input drawn like the
+    # example, at other sizes. Only where the hooked model refuses every other size does
+    # the second input run at the example's sizes (then it must run).
+    second = tuple(inputs_like(example, CHECK_SEEDS[1]))
+    for grown, change in other_sizes(second):
+        probes.append(_Probe(f"a second input drawn like the example, with other sizes ({change})", grown,
+                             CHECK_SEEDS[1], resized=True))
+    probes.append(_Probe("a second input drawn like the example", second, CHECK_SEEDS[1], required=True,
+                         fallback=True))
     if call_options is None:
         call_options = list(TRANSFORMERS_CALL_OPTIONS) if _is_transformers(model) else []
     for option in call_options:
@@ -376,15 +387,21 @@ def _blame_failure(model: nn.Module, plan: ConversionPlan, failure: _Failure) ->
     blamed = sorted((d for d in changed if d.path in rank), key=lambda d: -rank[d.path]) or changed
     text = f"{type(error).__name__}: {error}" if isinstance(error, HookwrapError) else _first_line(error)
     detail = f"the converted model fails on {failure.probe.what} ({text}), where the hooked model runs"
-    if not blamed:
+    # an observer that stores Python state may be what a failing hook read (a captured
+    # graph keeps what it read as a constant, at the size it had then)
+    writers = [d for d in plan.of(Plan.STRIP) if d.side_effect and d not in blamed]
+    if not blamed and not writers:
         return [Blocker("", "forward", type(model).__name__, f"{detail}.",
                         "report this with the model and the hooks: it is a hookwrap bug")]
     return [Blocker(d.where, d.info.kind, d.info.name,
-                    f"{detail}; this hook was {d.plan.done} on the path that failed." if d.path in rank else
-                    f"{detail}; this hook was {d.plan.done}.",
-                    "make the hook work on every input the model accepts (a captured graph fixes the sizes "
-                    "and the non-tensor arguments that the hook fixes), or export the hooked model itself with "
-                    "hw.export_onnx, whose dynamo exporter runs hooks inline") for d in blamed]
+                    f"{detail}; it was stripped as an observer, but it changes Python state: another hook may "
+                    f"read what it stores.", _TAP_FIX) for d in writers] + [Blocker(
+        d.where, d.info.kind, d.info.name,
+        f"{detail}; this hook was {d.plan.done} on the path that failed." if d.path in rank else
+        f"{detail}; this hook was {d.plan.done}.",
+        "make the hook work on every input the model accepts (a captured graph fixes the sizes "
+        "and the non-tensor arguments that the hook fixes), or export the hooked model itself with "
+        "hw.export_onnx, whose dynamo exporter runs hooks inline") for d in blamed]
 
 
 def _modules_in_traceback(model: nn.Module, error: BaseException) -> list[str]:

@@ -212,7 +212,8 @@ def test_captured_graph_follows_every_size_the_hook_treats_symbolically():
     assert type(wrapper) is W.CapturedHook and wrapper.input_dims == [["d0", "d1", "d2", "d3"]]
     assert [s["captured"] for s in wrapper.symbols.values()] == [2, 4, 32, 32]
     checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
-    assert checks["an input with other sizes (input 0 [2, 3, 32, 32] -> [2, 3, 64, 64])"] == "passed"
+    resized = "a second input drawn like the example, with other sizes (input 0 [2, 3, 32, 32] -> [2, 3, 64, 64])"
+    assert checks[resized] == "passed"
     for shape in [(2, 3, 32, 32), (2, 3, 64, 64), (1, 3, 64, 48), (3, 3, 17, 9), (1, 3, 1, 1)]:
         x = torch.randn(shape)
         with torch.no_grad():
@@ -238,8 +239,8 @@ def test_a_size_the_hook_fixes_is_recorded_and_refused_by_name(tmp_path):
     assert wrapper.input_dims == [["d0", 8, 4]]
     # the hooked model refuses another length too, so convert's check skips it and says why
     skipped = [c for c in hw.conversion_report(converted).checks if c.status == "skipped"]
-    assert [c.what for c in skipped] == ["an input with other sizes (input 0 [2, 8, 4] -> [2, 11, 4])",
-                                         "an input with other sizes (input 0 [2, 8, 4] -> [2, 8, 7])"]
+    assert [c.what for c in skipped] == [f"a second input drawn like the example, with other sizes (input 0 {change})"
+                                         for change in ("[2, 8, 4] -> [2, 11, 4]", "[2, 8, 4] -> [2, 8, 7]")]
     assert all(c.detail.startswith("the hooked model refused it: RuntimeError") for c in skipped)
     x = torch.randn(5, 8, 4)  # another batch size: the batch dimension stays symbolic
     with torch.no_grad():

@@ -460,7 +460,8 @@ def test_a_size_the_captured_graph_fixes_blames_the_hook_and_the_dimension():
         hw.convert(model, (torch.randn(2, 8, 4),))
     (blocker,) = info.value.blockers
     assert blocker.path == "0" and blocker.name.endswith("<lambda>")
-    assert "fails on an input with other sizes (input 0 [2, 8, 4] -> [2, 11, 4])" in blocker.reason
+    assert ("fails on a second input drawn like the example, with other sizes (input 0 [2, 8, 4] -> [2, 11, 4])"
+            in blocker.reason)
     assert "size 11 in dim 1" in blocker.reason and "at capture, 8" in blocker.reason
     assert "where the hooked model runs" in blocker.reason and "example_inputs" not in str(info.value)
     assert hook_table(model) == before
@@ -479,6 +480,39 @@ class Options(nn.Module):
         return (y, h) if features else y
 
 
+class Seen(nn.Module):
+    """A Linear that notes every input it is called with (on the class: convert works on a copy)."""
+
+    seen: list[torch.Tensor] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        Seen.seen.append(x.clone())
+        return self.lin(x)
+
+
+def test_the_second_input_is_drawn_anew_at_other_sizes_and_at_the_example_sizes_only_when_those_are_refused():
+    """The end-to-end check's second input carries new values and new sizes in one run; the
+    same-size run is the fallback for a model that refuses every other size (next test)."""
+    torch.manual_seed(0)
+    model = Seen().eval()
+    model.lin.register_forward_hook(lambda m, a, o: o * torch.linspace(1, 2, o.shape[-1]))
+    x = torch.randn(2, 8, 4)
+    Seen.seen = []
+    converted = hw.convert(model, (x,))
+    checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
+    resized = "a second input drawn like the example, with other sizes (input 0 [2, 8, 4] -> [2, {})"
+    assert checks == {"the example inputs": "passed", resized.format("11, 4]"): "passed",
+                      resized.format("8, 7]"): "skipped"}
+    # every run at the example's sizes was the example itself; the longer input is new
+    assert all(torch.equal(s, x) for s in Seen.seen if s.shape == x.shape)
+    longer = [s for s in Seen.seen if s.shape == (2, 11, 4)]
+    assert len(longer) == 2 and torch.equal(longer[0], longer[1]) and not torch.equal(longer[0][:, :8], x)
+
+
 def test_call_options_are_checked_on_request_and_reported():
     torch.manual_seed(0)
     model = Options().eval()
@@ -487,7 +521,7 @@ def test_call_options_are_checked_on_request_and_reported():
     converted = hw.convert(model, (x,), call_options=[{"features": True}])
     checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
     assert checks == {"the example inputs": "passed", "a second input drawn like the example": "passed",
-                      "an input with other sizes (input 0 [2, 4] -> [2, 7])": "skipped",
+                      "a second input drawn like the example, with other sizes (input 0 [2, 4] -> [2, 7])": "skipped",
                       "the example inputs with features=True": "passed"}
     with torch.no_grad():
         got, expected = converted(x, features=True), model(x, features=True)

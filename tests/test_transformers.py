@@ -96,7 +96,11 @@ def test_convert_refuses_a_hook_that_changes_outputs_in_a_way_the_wrappers_canno
         hw.convert(model, inputs)
     blamed = {(b.path, b.name.rsplit(".", 1)[-1]) for b in info.value.blockers}
     assert blamed == {("model.layers.0", "remember"), ("model.layers.1", "reuse")}, str(info.value)
-    assert "second input" in str(info.value) and "output['logits']" in str(info.value)
+    # the second input runs 3 tokens longer: the captured graph of reuse kept what it read
+    # (8 tokens' worth) as a constant and fails there, and the observer that stored it is named
+    text = str(info.value)
+    assert "fails on a second input drawn like the example, with other sizes" in text, text
+    assert "stripped as an observer, but it changes Python state" in text, text
 
 
 LOADED = textwrap.dedent("""
@@ -129,7 +133,8 @@ def test_steered_llms_match_the_hooked_model_at_every_length_and_in_generation(f
         for key, value in expected[which].items():
             assert torch.equal(got[key], value), (which, key)
         checks = {c.what: c.status for c in hw.conversion_report(converted).checks}
-        assert checks["an input with other sizes (input 0 [2, 8] -> [2, 11])"] == "passed"
+        resized = "a second input drawn like the example, with other sizes (input 0 [2, 8] -> [2, 11])"
+        assert checks[resized] == "passed"
         assert checks["greedy generate() of 3 tokens from the example inputs"] == "passed"
         hw.save(converted, tmp_path / f"{which}.safetensors")
     code = LOADED.format(tests=TESTS, hooks=LLM_HOOKS, folder=str(tmp_path), family=family)
