@@ -51,34 +51,64 @@ def _cpu_idle() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields[:8])
 
 
-def settle(max_wait: float = 120.0) -> float:
+def _available_bytes() -> int | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    return next((int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                 if line.startswith("MemAvailable")), None)
+
+
+def touch_memory(limit: int = 4 << 30) -> float:
+    """Write ``limit`` bytes (at most a quarter of the available memory) once and free them;
+    return the rate in GB/s.
+
+    On a virtual machine whose host reclaims the guest's free memory, the first write to a
+    reclaimed page faults to the host. After ``make install`` (gigabytes of venv through the
+    page cache) that made fresh memory about 4 times slower to touch, and the first
+    ``hw.convert`` in a fresh process, which allocates its copy of the model and its
+    activations afresh, took 2.1 to 2.8 s instead of 1.4 to 1.5 s, until the memory had been
+    written once. The rate is recorded with the results, so a cold machine shows."""
+    available = _available_bytes()
+    size = min(limit, available // 4) if available else limit
+    start = time.perf_counter()
+    block = bytearray(size)  # zero-filled: every page is written
+    del block
+    return size / 1e9 / max(time.perf_counter() - start, 1e-9)
+
+
+def settle(max_wait: float = 120.0) -> tuple[float, float]:
     """Let the machine go quiet before a benchmark: flush pending writes (a run from a fresh
     clone starts right after ``make install`` wrote gigabytes of venv, which the kernel may
-    still be writing back), then wait, at most ``max_wait`` seconds, for a second in which
-    the CPUs are at most 10 % busy. Returns the seconds it waited."""
+    still be writing back), write a few GB of memory once (:func:`touch_memory`), then wait,
+    at most ``max_wait`` seconds, for a second in which the CPUs are at most 10 % busy.
+    Returns the seconds it took and the rate at which the memory was written (GB/s)."""
     start = time.perf_counter()
     os.sync()
+    rate = touch_memory()
     if not Path("/proc/stat").exists():
-        return time.perf_counter() - start
+        return time.perf_counter() - start, rate
     while time.perf_counter() - start < max_wait:
         idle0, total0 = _cpu_idle()
         time.sleep(1.0)
         idle1, total1 = _cpu_idle()
         if total1 > total0 and 1 - (idle1 - idle0) / (total1 - total0) <= 0.10:
             break
-    return time.perf_counter() - start
+    return time.perf_counter() - start, rate
 
 
 def main() -> int:
     only = sys.argv[1:]
-    results, started = [], time.perf_counter()
+    results, settling, started = [], [], time.perf_counter()
     measured = commit()  # before the sweeps rewrite their tables (tracked files)
     for name in ORDER:
         if only and name not in only:
             continue
         script = HERE / f"bench_{name}.py"
-        waited = settle()
-        print(f"== {script.name} (after {waited:.0f} s of settling)", file=sys.stderr, flush=True)
+        waited, rate = settle()
+        settling.append({"benchmark": name, "seconds": round(waited, 1), "memory_touch_gb_per_s": round(rate, 2)})
+        print(f"== {script.name} (after {waited:.0f} s of settling; memory written at {rate:.1f} GB/s)",
+              file=sys.stderr, flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
         # The figures are the last thing a script prints; libraries may print before them.
@@ -108,7 +138,8 @@ def main() -> int:
     if not results:
         print(f"no benchmark matches {only}; known: {', '.join(ORDER)}", file=sys.stderr)
         return 2
-    record = {"machine": machine(), "commit": measured, "benchmarks": only or ORDER, "figures": results}
+    record = {"machine": machine(), "commit": measured, "benchmarks": only or ORDER, "settling": settling,
+              "figures": results}
     (HERE / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     width = max(len(r["name"]) for r in results)
     print(f"{'figure':{width}}  {'value':>12}  {'limit':>8}  pass")
