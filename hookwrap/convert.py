@@ -5,8 +5,9 @@ out in one transaction, then proves it: the converted model is run against the h
 one, end to end, seeded alike, and the whole output structure must be identical. The
 runs (:class:`_Probe`): the example inputs; a second input drawn like them, with other
 non-batch sizes (sequence length, spatial size), or at the example's sizes where the
-hooked model refuses every other size; call options (for transformers models ``output_hidden_states=True``,
-``output_attentions=True`` and ``return_dict=False``, or the caller's ``call_options``);
+hooked model refuses every other size; call options (for transformers models
+``output_hidden_states=True``, ``output_attentions=True`` and ``return_dict=False``, or
+the caller's ``call_options``);
 and a short greedy ``generate()`` for models that generate. A difference, or a failure of
 the converted model where the hooked one runs, undoes everything and raises
 :class:`~hookwrap.UnconvertibleHookError` naming the hooks at fault. What ran and what
@@ -39,8 +40,8 @@ from .strip import bake_hook, remove_hook, without_hooks
 __all__ = ["convert", "convert_in_place", "check_example_inputs", "TRANSFORMERS_CALL_OPTIONS", "GENERATE_TOKENS"]
 
 # The end-to-end check: the example inputs (run by the recording pass with RECORD_SEED when
-# there was one) and a second input drawn like them (at other sizes), each run with torch's RNG seeded alike
-# on both sides, so that stochastic wrappers draw exactly what the hooks drew.
+# there was one) and a second input drawn like them (at other sizes), each run with torch's
+# RNG seeded alike on both sides, so that stochastic wrappers draw exactly what the hooks drew.
 CHECK_SEEDS = (RECORD_SEED, 5678)
 _MAX_SINGLE_CHECKS = 64
 # The call options checked by default on transformers models (each alone, on the example).
