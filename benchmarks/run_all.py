@@ -67,7 +67,7 @@ def touch_memory(limit: int = 4 << 30) -> float:
     reclaimed page faults to the host. After ``make install`` (gigabytes of venv through the
     page cache) that made fresh memory about 4 times slower to touch, and the first
     ``hw.convert`` in a fresh process, which allocates its copy of the model and its
-    activations afresh, took 2.1 to 2.8 s instead of 1.4 to 1.5 s, until the memory had been
+    activations afresh, took 2.1 to 2.9 s instead of 1.3 to 1.5 s, until the memory had been
     written once. The rate is recorded with the results, so a cold machine shows."""
     available = _available_bytes()
     size = min(limit, available // 4) if available else limit
