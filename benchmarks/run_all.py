@@ -29,8 +29,8 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    total = _meminfo_bytes("MemTotal")
+    memory = total // (1 << 20) if total is not None else None
     versions = subprocess.run([sys.executable, "-c", "import torch, onnxruntime; print(torch.__version__, "
                                "onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_mb": memory, "python": platform.python_version(),
@@ -51,12 +51,13 @@ def _cpu_idle() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields[:8])
 
 
-def _available_bytes() -> int | None:
+def _meminfo_bytes(key: str) -> int | None:
+    """``key``'s line of /proc/meminfo (``MemTotal``, ``MemAvailable``), in bytes."""
     meminfo = Path("/proc/meminfo")
     if not meminfo.exists():
         return None
     return next((int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
-                 if line.startswith("MemAvailable")), None)
+                 if line.startswith(f"{key}:")), None)
 
 
 def touch_memory(limit: int = 4 << 30) -> float:
@@ -69,7 +70,7 @@ def touch_memory(limit: int = 4 << 30) -> float:
     ``hw.convert`` in a fresh process, which allocates its copy of the model and its
     activations afresh, took 2.1 to 2.9 s instead of 1.3 to 1.5 s, until the memory had been
     written once. The rate is recorded with the results, so a cold machine shows."""
-    available = _available_bytes()
+    available = _meminfo_bytes("MemAvailable")
     size = min(limit, available // 4) if available else limit
     start = time.perf_counter()
     block = bytearray(size)  # zero-filled: every page is written

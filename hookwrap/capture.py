@@ -384,7 +384,7 @@ def _sizes_agree(site: Site, wrapper: W.Wrapper, call: Call) -> bool:
         shared = None if writes else grown(dim, base)
         for training in (False, True):
             ran = None
-            if shared is not None and not writes:
+            if not writes:
                 versions = _versions(shared)
                 ran = _both(site, wrapper, lambda: shared, training)
                 writes = _versions(shared) != versions

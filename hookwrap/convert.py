@@ -390,7 +390,7 @@ def _blame_failure(model: nn.Module, plan: ConversionPlan, failure: _Failure) ->
     detail = f"the converted model fails on {failure.probe.what} ({text}), where the hooked model runs"
     # an observer that stores Python state may be what a failing hook read (a captured
     # graph keeps what it read as a constant, at the size it had then)
-    writers = [d for d in plan.of(Plan.STRIP) if d.side_effect and d not in blamed]
+    writers = [d for d in _stateful_observers(plan) if d not in blamed]
     if not blamed and not writers:
         return [Blocker("", "forward", type(model).__name__, f"{detail}.",
                         "report this with the model and the hooks: it is a hookwrap bug")]
@@ -427,10 +427,15 @@ def _modules_in_traceback(model: nn.Module, error: BaseException) -> list[str]:
     return found
 
 
+def _stateful_observers(plan: ConversionPlan) -> list[Decision]:
+    """Hooks stripped as observers that change Python state: another hook may read it."""
+    return [d for d in plan.of(Plan.STRIP) if d.side_effect]
+
+
 def _blame_all(plan: ConversionPlan, which: str, difference: str) -> list[Blocker]:
     """When no single observer is at fault: the observers that change Python state (they may
     write what another hook reads) and every converted hook."""
-    writers: list[Decision] = [d for d in plan.of(Plan.STRIP) if d.side_effect]
+    writers = _stateful_observers(plan)
     kept_globals = [d for d in plan.of(Plan.KEEP) if d.info.kind.is_global and d.info.is_forward]
     return [Blocker(d.where, d.info.kind, d.info.name,
                     f"global hooks stay registered (global_hooks='keep'), so on the converted model this one runs "
