@@ -19,8 +19,17 @@ for extra in (ROOT, ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 # A benchmark that is stopped (SIGTERM) unwinds like one that ends, so that its temporary
-# folders go too: bench_io's, in /dev/shm, holds a gigabyte of RAM.
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+# folders go too: bench_io's, in /dev/shm, holds a gigabyte of RAM. The handler can run
+# inside a finalizer, where Python ignores the exit (seen once, in a tensor's __del__), so
+# it first restores the default action: a second SIGTERM then always stops the script.
+
+
+def _stop(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _stop)
 
 
 # A small launcher between the bench and the measured command: a child's ru_maxrss starts
