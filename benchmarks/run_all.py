@@ -120,15 +120,16 @@ def settle(fastest: float, cold_budget: float, max_wait: float = 120.0) -> dict[
 
 def main() -> int:
     only = sys.argv[1:]
-    results, settling, started, fastest = [], [], time.perf_counter(), 0.0
+    results, settling, started = [], [], time.perf_counter()
     measured = commit()  # before the sweeps rewrite their tables (tracked files)
     for name in ORDER:
         if only and name not in only:
             continue
         script = HERE / f"bench_{name}.py"
-        settled = settle(fastest, COLD_WAIT - sum(s["waited_for_memory_s"] for s in settling))
-        fastest = max(fastest, settled["memory_gb_per_s"])
+        settled = settle(max((s["memory_gb_per_s"] for s in settling), default=0.0),
+                         COLD_WAIT - sum(s["waited_for_memory_s"] for s in settling))
         settling.append({"benchmark": name, **settled})
+        fastest = max(s["memory_gb_per_s"] for s in settling)
         print(f"== {script.name} (after {settled['seconds']:.0f} s of settling, {settled['waited_for_memory_s']:.0f} "
               f"of them for memory; fresh memory at {settled['memory_gb_per_s']:.1f} GB/s, the run's best "
               f"{fastest:.1f})", file=sys.stderr, flush=True)
